@@ -1,0 +1,3 @@
+"""warpbio: GPU-accelerated, Snakemake-orchestrated life-science analyses."""
+
+__version__ = "0.1.0"

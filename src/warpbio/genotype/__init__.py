@@ -1,0 +1,1 @@
+"""Genotype PCA: PLINK/VCF/simulated genotypes, 2-bit storage, QC, randomized SVD."""

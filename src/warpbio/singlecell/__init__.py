@@ -1,0 +1,1 @@
+"""Single-cell RNA-seq: simulate, ingest, QC, preprocess, embed, cluster, markers."""

@@ -1,0 +1,42 @@
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "workflow" / "Snakefile"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def snakemake_executable() -> str:
+    beside = Path(sys.executable).with_name("snakemake")
+    found = str(beside) if beside.exists() else shutil.which("snakemake")
+    if not found:
+        pytest.skip("snakemake is not installed in this environment")
+    return found
+
+
+def run_snakemake(workdir: Path, *args: str, snakefile: Path = SNAKEFILE, check: bool = True):
+    """Real Snakemake in a subprocess, from ``workdir``; returns CompletedProcess."""
+    command = [snakemake_executable(), "--snakefile", str(snakefile), "-d", str(workdir), *args]
+    done = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=900)
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({done.returncode}):\n"
+            f"{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
+        )
+    return done
+
+
+@pytest.fixture
+def demo_config():
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def write_config(workdir: Path, config: dict) -> Path:
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -1,0 +1,88 @@
+# Single-cell RNA-seq. This release: simulate or ingest counts, then QC metrics.
+
+
+rule singlecell_simulate:
+    output:
+        h5ad=out("singlecell", "simulated.h5ad"),
+        provenance=out("singlecell", "provenance/simulate.provenance.json"),
+    log:
+        log_path("singlecell", "simulate"),
+    benchmark:
+        benchmark_path("singlecell", "simulate")
+    conda:
+        "../envs/cpu.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=30,
+    params:
+        simulation=config["singlecell"]["simulate"],
+        seed=seed("singlecell"),
+        backend="cpu",
+    script:
+        "../scripts/singlecell_simulate.py"
+
+
+rule singlecell_ingest:
+    input:
+        samples=list(config["singlecell"]["samples"].values()),
+    output:
+        h5ad=out("singlecell", "ingested.h5ad"),
+        provenance=out("singlecell", "provenance/ingest.provenance.json"),
+    log:
+        log_path("singlecell", "ingest"),
+    benchmark:
+        benchmark_path("singlecell", "ingest")
+    conda:
+        "../envs/cpu.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(8000),
+        runtime=60,
+    params:
+        samples=config["singlecell"]["samples"],
+        backend="cpu",
+    script:
+        "../scripts/singlecell_ingest.py"
+
+
+rule singlecell_qc:
+    input:
+        h5ad=singlecell_raw,
+    output:
+        cells=out("singlecell", "qc/cells.tsv"),
+        genes=out("singlecell", "qc/genes.tsv"),
+        violins=report(
+            out("singlecell", "qc/violins.png"),
+            caption="../report/singlecell_qc.rst",
+            category="Single-cell RNA-seq",
+            labels={"dataset": "{dataset}", "figure": "QC violins"},
+        ),
+        provenance=out("singlecell", "provenance/qc.provenance.json"),
+    log:
+        log_path("singlecell", "qc"),
+    benchmark:
+        benchmark_path("singlecell", "qc")
+    conda:
+        conda_env("singlecell")
+    threads: 1
+    resources:
+        gpu=gpus("singlecell"),
+        mem_mb=mem_mb(4000),
+        runtime=30,
+    params:
+        backend=backend("singlecell"),
+    script:
+        "../scripts/singlecell_qc.py"
+
+
+TARGETS["singlecell"] += [
+    (done("singlecell", "qc/cells.tsv"), "Per-cell QC metrics (scanpy names)."),
+    (done("singlecell", "qc/genes.tsv"), "Per-gene QC metrics."),
+    (done("singlecell", "qc/violins.png"), "QC violins per sample."),
+    (done("singlecell", "provenance/qc.provenance.json"), "Provenance of the QC step."),
+    (
+        done("singlecell", f"provenance/{SINGLECELL_SOURCE_RULE}.provenance.json"),
+        "Provenance of the count matrix.",
+    ),
+]
