@@ -42,3 +42,13 @@ def test_directory_checksum_changes_with_content(tmp_path):
         "path": str(tmp_path / "missing"),
         "exists": False,
     }
+
+
+def test_cpu_job_records_no_gpu_even_with_cupy_imported(monkeypatch):
+    import sys
+    import types
+
+    fake = types.ModuleType("cupy")
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    record = build_record(rule="cpu", outputs=[], started=time.time())
+    assert record["gpu"] == {"ids": []}

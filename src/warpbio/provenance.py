@@ -101,7 +101,11 @@ def peak_host_memory_bytes() -> int:
 
 
 def gpu_memory_peaks() -> dict[str, int]:
-    """Peak GPU memory of libraries this process actually imported."""
+    """Peak GPU memory of libraries this process actually imported.
+
+    CuPy's pool keeps freed blocks for reuse, so what it has reserved at the end
+    of a job is its high-water mark unless the step released blocks itself.
+    """
     peaks: dict[str, int] = {}
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -109,7 +113,7 @@ def gpu_memory_peaks() -> dict[str, int]:
     cupy = sys.modules.get("cupy")
     if cupy is not None:
         with contextlib.suppress(Exception):
-            peaks["cupy_pool_total_bytes"] = int(cupy.get_default_memory_pool().total_bytes())
+            peaks["cupy_pool_reserved_bytes"] = int(cupy.get_default_memory_pool().total_bytes())
     return peaks
 
 
@@ -128,6 +132,12 @@ def cuda_facts() -> dict[str, Any]:
     return facts
 
 
+def gpu_record() -> dict[str, Any]:
+    from warpbio.device import gpu_facts
+
+    return {"devices": gpu_facts(), **cuda_facts(), **gpu_memory_peaks()}
+
+
 def build_record(
     *,
     rule: str,
@@ -140,8 +150,6 @@ def build_record(
     started: float,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    from warpbio.device import gpu_facts
-
     ids = list(gpu_ids)
     record: dict[str, Any] = {
         "rule": rule,
@@ -157,12 +165,9 @@ def build_record(
         "host": platform.node(),
         "packages": package_versions(),
         "peak_host_memory_bytes": peak_host_memory_bytes(),
-        "gpu": {
-            "ids": ids,
-            "devices": gpu_facts() if ids else [],
-            **cuda_facts(),
-            **gpu_memory_peaks(),
-        },
+        # GPU facts only for jobs that leased GPUs: a CPU job may still have
+        # CuPy imported (anndata probes for it) without using a device.
+        "gpu": {"ids": ids, **gpu_record()} if ids else {"ids": []},
     }
     if extra:
         record["extra"] = _jsonable(dict(extra))
