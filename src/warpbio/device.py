@@ -128,10 +128,11 @@ def to_numpy(array):
 # --------------------------------------------------------------------------
 
 
-def _nvidia_smi_indices() -> list[str]:
+def query_nvidia_smi(fields: list[str]) -> list[dict[str, str]]:
+    """One dict per GPU of ``nvidia-smi --query-gpu``; empty without a driver."""
     try:
         done = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            ["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -140,7 +141,12 @@ def _nvidia_smi_indices() -> list[str]:
         return []
     if done.returncode != 0:
         return []
-    return [line.strip() for line in done.stdout.splitlines() if line.strip()]
+    rows = [[part.strip() for part in line.split(",")] for line in done.stdout.splitlines()]
+    return [dict(zip(fields, row, strict=True)) for row in rows if len(row) == len(fields)]
+
+
+def _nvidia_smi_indices() -> list[str]:
+    return [row["index"] for row in query_nvidia_smi(["index"])]
 
 
 def discover_gpu_pool() -> list[str]:
@@ -330,23 +336,7 @@ def _slurm_lease(count: int) -> GpuLease:
 
 def gpu_facts() -> list[dict]:
     """Model, memory and driver of the visible GPUs (empty without nvidia-smi)."""
-    query = "index,name,memory.total,driver_version,uuid"
-    try:
-        done = subprocess.run(
-            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    if done.returncode != 0:
-        return []
-    facts = []
-    for line in done.stdout.splitlines():
-        parts = [part.strip() for part in line.split(",")]
-        if len(parts) == 5:
-            facts.append(dict(zip(query.split(","), parts, strict=True)))
+    facts = query_nvidia_smi(["index", "name", "memory.total", "driver_version", "uuid"])
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         wanted = {item.strip() for item in visible.split(",")}

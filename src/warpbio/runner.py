@@ -14,7 +14,6 @@ to :func:`run_step`.  The runner does what every job needs, in the right order:
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 import traceback
@@ -103,8 +102,6 @@ def run_step(smk, step: Callable[[StepContext], Mapping[str, Any] | None]) -> No
     seed = _param(smk, "seed")
     outputs = [str(p) for p in smk.output]
     log.info("rule %s: backend=%s seed=%s threads=%s", smk.rule, backend, seed, smk.threads)
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(name, str(smk.threads))
     lease = GpuLease(ids=[], source="none")
     try:
         lease = lease_for_job(smk, backend)

@@ -34,6 +34,7 @@ def test_concurrent_jobs_get_distinct_gpus_and_kill_leaks_nothing(tmp_path, monk
     assert len(records) == 8
     for record in records:
         assert record["visible"] == ",".join(record["ids"])
+        assert record["omp_threads"] == "1"  # BLAS pools sized to the job's threads
         assert len(record["ids"]) == record["granted"]
         assert len(set(record["ids"])) == len(record["ids"]) and set(record["ids"]) <= set(POOL)
     overlapping = 0

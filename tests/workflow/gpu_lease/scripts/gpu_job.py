@@ -21,6 +21,7 @@ def step(ctx):
         "start": started,
         "end": time.time(),
         "pid": os.getpid(),
+        "omp_threads": os.environ.get("OMP_NUM_THREADS"),
     }
     with open(ctx.output[0], "w") as handle:
         json.dump(record, handle)
