@@ -44,6 +44,9 @@ def test_demo_outputs_and_summary(finished_demo):
         "singlecell/demo/qc/violins.png",
         "genotype/demo/stats/genotypes.afreq",
         "genotype/demo/stats/genotypes.png",
+        "genotype/demo/qc/genotypes.bed",
+        "genotype/demo/pca/genotypes.eigenvec",
+        "genotype/demo/pca/pca.png",
         "summary/outputs.html",
     ):
         assert (results / path).stat().st_size > 0, path
@@ -51,6 +54,12 @@ def test_demo_outputs_and_summary(finished_demo):
     assert len(cells) == 3000 and cells["pct_counts_mt"].between(0, 100).all()
     summary = pd.read_csv(results / "summary/outputs.tsv", sep="\t")
     assert set(summary["workflow"]) == {"singlecell", "genotype"}
+    # the demo's three Balding-Nichols populations separate on PC1-2
+    eigenvec = pd.read_csv(results / "genotype/demo/pca/genotypes.eigenvec", sep="\t")
+    centroids = eigenvec.groupby("#FID")[["PC1", "PC2"]].mean()
+    points = eigenvec[["PC1", "PC2"]].to_numpy()
+    distances = ((points[:, None, :] - centroids.to_numpy()[None]) ** 2).sum(-1)
+    assert (centroids.index[distances.argmin(1)] == eigenvec["#FID"]).all()
     assert summary["caption"].str.len().gt(0).all()
     # every rule logged to logs/<workflow>/<rule>/<wildcards>.log
     for log in ("singlecell/simulate/demo", "singlecell/qc/demo", "genotype/stats/demo"):
@@ -73,7 +82,17 @@ def test_rerun_with_nothing_changed_runs_nothing(finished_demo):
 @pytest.mark.parametrize(
     ("workflow", "expected"),
     [
-        ("genotype", {"genotype_simulate", "genotype_stats", "summary", "all"}),
+        (
+            "genotype",
+            {
+                "genotype_simulate",
+                "genotype_stats",
+                "genotype_qc",
+                "genotype_pca",
+                "summary",
+                "all",
+            },
+        ),
         ("singlecell", {"singlecell_simulate", "singlecell_qc", "summary", "all"}),
     ],
 )

@@ -156,8 +156,25 @@ def singlecell_raw(wildcards):
 
 def genotype_fileset(wildcards):
     """The .bed/.bim/.fam the genotype rules read: simulated or configured."""
-    if config["genotype"]["source"] == "bed":
+    source = config["genotype"]["source"]
+    if source == "bed":
         prefix = config["genotype"]["bed"][: -len(".bed")]
     else:
-        prefix = out("genotype", "simulated").format(dataset=wildcards.dataset)
+        name = "simulated" if source == "simulate" else "msprime"
+        prefix = out("genotype", name).format(dataset=wildcards.dataset)
     return {ext: f"{prefix}.{ext}" for ext in ("bed", "bim", "fam")}
+
+
+def genotype_pca_inputs(wildcards):
+    """The QC'd fileset, plus the simulators' population table when there is one."""
+    inputs = {
+        ext: out("genotype", f"qc/genotypes.{ext}").format(dataset=wildcards.dataset)
+        for ext in ("bed", "bim", "fam")
+    }
+    source = config["genotype"]["source"]
+    if source != "bed":
+        name = "simulated" if source == "simulate" else "msprime"
+        inputs["populations"] = out("genotype", f"{name}.populations.tsv").format(
+            dataset=wildcards.dataset
+        )
+    return inputs

@@ -1,5 +1,5 @@
-# Genotype PCA. This release: simulate or read a PLINK fileset, then allele
-# frequencies and call rates in plink2's formats.
+# Genotype PCA: simulate (Balding-Nichols or msprime) or read a PLINK fileset;
+# allele frequencies and call rates in plink2's formats; QC; randomized-SVD PCA.
 
 
 rule genotype_simulate:
@@ -7,7 +7,7 @@ rule genotype_simulate:
         bed=out("genotype", "simulated.bed"),
         bim=out("genotype", "simulated.bim"),
         fam=out("genotype", "simulated.fam"),
-        populations=out("genotype", "populations.tsv"),
+        populations=out("genotype", "simulated.populations.tsv"),
         provenance=out("genotype", "provenance/simulate.provenance.json"),
     log:
         log_path("genotype", "simulate"),
@@ -26,6 +26,31 @@ rule genotype_simulate:
         backend=backend("genotype"),
     script:
         "../scripts/genotype_simulate.py"
+
+
+rule genotype_simulate_msprime:
+    output:
+        bed=out("genotype", "msprime.bed"),
+        bim=out("genotype", "msprime.bim"),
+        fam=out("genotype", "msprime.fam"),
+        populations=out("genotype", "msprime.populations.tsv"),
+        provenance=out("genotype", "provenance/simulate_msprime.provenance.json"),
+    log:
+        log_path("genotype", "simulate_msprime"),
+    benchmark:
+        benchmark_path("genotype", "simulate_msprime")
+    conda:
+        "../envs/cpu.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=60,
+    params:
+        simulation=config["genotype"]["msprime"],
+        seed=seed("genotype"),
+        backend="cpu",
+    script:
+        "../scripts/genotype_simulate_msprime.py"
 
 
 rule genotype_stats:
@@ -62,6 +87,66 @@ rule genotype_stats:
         "../scripts/genotype_stats.py"
 
 
+rule genotype_qc:
+    input:
+        unpack(genotype_fileset),
+    output:
+        bed=out("genotype", "qc/genotypes.bed"),
+        bim=out("genotype", "qc/genotypes.bim"),
+        fam=out("genotype", "qc/genotypes.fam"),
+        summary=out("genotype", "qc/summary.tsv"),
+        provenance=out("genotype", "provenance/qc.provenance.json"),
+    log:
+        log_path("genotype", "qc"),
+    benchmark:
+        benchmark_path("genotype", "qc")
+    conda:
+        conda_env("genotype")
+    threads: 1
+    resources:
+        gpu=gpus("genotype"),
+        mem_mb=mem_mb(4000),
+        runtime=60,
+    params:
+        thresholds=config["genotype"]["qc"],
+        backend=backend("genotype"),
+    script:
+        "../scripts/genotype_qc.py"
+
+
+rule genotype_pca:
+    input:
+        unpack(genotype_pca_inputs),
+    output:
+        eigenvec=out("genotype", "pca/genotypes.eigenvec"),
+        eigenval=out("genotype", "pca/genotypes.eigenval"),
+        variance=out("genotype", "pca/variance.tsv"),
+        plot=report(
+            out("genotype", "pca/pca.png"),
+            caption="../report/genotype_pca.rst",
+            category="Genotype PCA",
+            labels={"dataset": "{dataset}", "figure": "PCA by population, scree"},
+        ),
+        provenance=out("genotype", "provenance/pca.provenance.json"),
+    log:
+        log_path("genotype", "pca"),
+    benchmark:
+        benchmark_path("genotype", "pca")
+    conda:
+        conda_env("genotype")
+    threads: 16  # BLAS-bound on the CPU; Snakemake lowers it to --cores
+    resources:
+        gpu=gpus("genotype"),
+        mem_mb=mem_mb(8000),
+        runtime=120,
+    params:
+        pca=config["genotype"]["pca"],
+        seed=seed("genotype"),
+        backend=backend("genotype"),
+    script:
+        "../scripts/genotype_pca.py"
+
+
 TARGETS["genotype"] += [
     (done("genotype", "stats/genotypes.afreq"), "Allele frequencies (plink2 .afreq)."),
     (done("genotype", "stats/genotypes.vmiss"), "Variant missingness (plink2 .vmiss)."),
@@ -71,11 +156,21 @@ TARGETS["genotype"] += [
         done("genotype", "provenance/stats.provenance.json"),
         "Provenance of the stats step.",
     ),
+    (done("genotype", "qc/summary.tsv"), "Samples and variants removed by QC."),
+    (done("genotype", "provenance/qc.provenance.json"), "Provenance of the QC step."),
+    (done("genotype", "pca/genotypes.eigenvec"), "PCs per sample (plink2 .eigenvec)."),
+    (done("genotype", "pca/genotypes.eigenval"), "Eigenvalues (plink2 .eigenval)."),
+    (done("genotype", "pca/variance.tsv"), "Explained variance per PC."),
+    (done("genotype", "pca/pca.png"), "PC1/PC2, PC3/PC4 by population; scree."),
+    (done("genotype", "provenance/pca.provenance.json"), "Provenance of the PCA."),
 ]
-if config["genotype"]["source"] == "simulate":
+if config["genotype"]["source"] != "bed":
+    SIMULATOR = (
+        "simulate" if config["genotype"]["source"] == "simulate" else "simulate_msprime"
+    )
     TARGETS["genotype"].append(
         (
-            done("genotype", "provenance/simulate.provenance.json"),
+            done("genotype", f"provenance/{SIMULATOR}.provenance.json"),
             "Provenance of the simulated genotypes.",
         )
     )
