@@ -307,18 +307,33 @@ def pca_step(ctx) -> dict:
 
     settings = dict(ctx.params.pca)
     bed = read_bed(str(ctx.input.bed)[: -len(".bed")])
+    method = settings["method"]
+    if method == "auto":
+        method = "exact" if bed.n_samples <= int(settings["exact_max_samples"]) else "randomized"
     xp = ctx.xp
-    packed = bed.packed if xp is np else xp.asarray(np.asarray(bed.packed))
-    freq = allele_frequency_table(bed, count_genotypes(bed, xp))["ALT_FREQS"].to_numpy()
-    matrix = PackedStandardizedMatrix(
-        packed, standardization_table(freq), bed.n_samples, xp, int(settings["block_snps"])
+    if xp is not np and method == "randomized":
+        # fused Triton kernels on the packed data, which goes to the GPU once
+        from warpbio.genotype.kernels import TritonPackedMatrix, count_genotypes
+
+        packed = xp.asarray(np.asarray(bed.packed))
+        alt, _, called = count_genotypes(packed, bed.n_samples)
+        freq = to_numpy(alt / (2 * called))
+        matrix = TritonPackedMatrix(
+            packed, standardization_table(freq), bed.n_samples, settings["gpu_precision"]
+        )
+    else:
+        packed = bed.packed if xp is np else xp.asarray(np.asarray(bed.packed))
+        freq = allele_frequency_table(bed, count_genotypes(bed, xp))["ALT_FREQS"].to_numpy()
+        matrix = PackedStandardizedMatrix(
+            packed, standardization_table(freq), bed.n_samples, xp, int(settings["block_snps"])
+        )
+    log.info(
+        "%s PCA of %d samples x %d variants on %s", method, bed.n_samples, bed.n_snps, ctx.backend
     )
-    log.info("PCA of %d samples x %d variants on %s", bed.n_samples, bed.n_snps, ctx.backend)
     result = run_pca(
         matrix,
         int(settings["k"]),
-        method=settings["method"],
-        exact_max_samples=int(settings["exact_max_samples"]),
+        method=method,
         oversampling=int(settings["oversampling"]),
         power_iterations=int(settings["power_iterations"]),
         algorithm=settings["algorithm"],

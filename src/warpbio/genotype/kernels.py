@@ -1,0 +1,281 @@
+"""Fused GPU kernels (Triton) on packed 2-bit genotypes.
+
+Each kernel reads the packed bytes once and decodes them in registers to the
+standardized value of their SNP (a 4-entry table per SNP, missing -> 0); no
+float copy of the matrix ever exists. The CPU twin of every kernel is the
+generic NumPy path in :mod:`warpbio.genotype.pca` / :mod:`warpbio.genotype.stats`,
+and ``tests/genotype/test_kernels_gpu.py`` checks that they agree.
+
+Layout: sample j of a SNP sits in byte j // 4 at bits 2 (j % 4). The right-hand
+side V (samples x width) is therefore split into four slices V[s::4] (one per
+bit position) so that each decoded sub-tile meets its own contiguous slice.
+
+- :func:`count_genotypes` : per SNP, ALT dosage sum, heterozygote and called counts.
+- :func:`times_vectors` : W = A V  (SNPs x width), one program per SNP block.
+- :func:`transpose_times` : Z = A^T W (samples x width), one program per sample
+  block and SNP split; splits write partial sums that are added afterwards in a
+  fixed order (deterministic, no atomics).
+
+``precision`` is Triton's ``input_precision`` for ``tl.dot``: ``tf32`` (tensor
+cores, ~1e-3 relative per product), ``tf32x3`` (three tf32 products, near
+float32) or ``ieee`` (plain float32 FMA, slowest).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from warpbio.progress import Progress
+
+_KERNELS = None
+
+
+def _build():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def decode(packed, shift: tl.constexpr, t0, t2, t3):
+        code = (packed >> shift) & 3
+        return tl.where(
+            code == 0,
+            t0[:, None],
+            tl.where(code == 2, t2[:, None], tl.where(code == 3, t3[:, None], 0.0)),
+        )
+
+    @triton.jit
+    def count_kernel(P, ALT, HET, CALLED, m, nb, n, stride, BM: tl.constexpr, BKB: tl.constexpr):
+        rows = tl.program_id(0) * BM + tl.arange(0, BM)
+        rmask = rows < m
+        alt = tl.zeros((BM,), tl.int32)
+        het = tl.zeros((BM,), tl.int32)
+        called = tl.zeros((BM,), tl.int32)
+        for k0 in range(0, nb, BKB):
+            cols = k0 + tl.arange(0, BKB)
+            mask = rmask[:, None] & (cols < nb)[None, :]
+            p = tl.load(
+                P + rows[:, None] * stride + cols[None, :], mask=mask, other=1 + 4 + 16 + 64
+            )
+            for s in tl.static_range(4):
+                code = (p >> (2 * s)) & 3
+                inside = (cols * 4 + s < n)[None, :]
+                present = (code != 1) & inside
+                dosage = tl.where(code == 0, 2, tl.where(code == 2, 1, 0))
+                alt += tl.sum(tl.where(present, dosage, 0), axis=1)
+                het += tl.sum(((code == 2) & inside).to(tl.int32), axis=1)
+                called += tl.sum(present.to(tl.int32), axis=1)
+        tl.store(ALT + rows, alt, mask=rmask)
+        tl.store(HET + rows, het, mask=rmask)
+        tl.store(CALLED + rows, called, mask=rmask)
+
+    @triton.jit
+    def times_vectors_kernel(
+        P,
+        T,
+        V4,
+        W,
+        m,
+        nb,
+        stride,
+        BM: tl.constexpr,
+        BKB: tl.constexpr,
+        L: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        rows = tl.program_id(0) * BM + tl.arange(0, BM)
+        rmask = rows < m
+        t0 = tl.load(T + rows * 4 + 0, mask=rmask, other=0.0)
+        t2 = tl.load(T + rows * 4 + 2, mask=rmask, other=0.0)
+        t3 = tl.load(T + rows * 4 + 3, mask=rmask, other=0.0)
+        lanes = tl.arange(0, L)
+        acc = tl.zeros((BM, L), tl.float32)
+        for k0 in range(0, nb, BKB):
+            cols = k0 + tl.arange(0, BKB)
+            cmask = cols < nb
+            p = tl.load(
+                P + rows[:, None] * stride + cols[None, :],
+                mask=rmask[:, None] & cmask[None, :],
+                other=1 + 4 + 16 + 64,  # "missing" decodes to 0
+            )
+            for s in tl.static_range(4):
+                values = decode(p, 2 * s, t0, t2, t3)
+                v = tl.load(
+                    V4 + s * nb * L + cols[:, None] * L + lanes[None, :],
+                    mask=cmask[:, None],
+                    other=0.0,
+                )
+                acc += tl.dot(values, v, input_precision=PRECISION)
+        tl.store(W + rows[:, None] * L + lanes[None, :], acc, mask=rmask[:, None])
+
+    @triton.jit
+    def transpose_times_kernel(
+        P,
+        T,
+        W,
+        Z4,
+        m,
+        nb,
+        stride,
+        rows_per_split,
+        BM: tl.constexpr,
+        BKB: tl.constexpr,
+        L: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        cols = tl.program_id(0) * BKB + tl.arange(0, BKB)
+        cmask = cols < nb
+        split = tl.program_id(1)
+        first = split * rows_per_split
+        last = tl.minimum(first + rows_per_split, m)
+        lanes = tl.arange(0, L)
+        acc0 = tl.zeros((BKB, L), tl.float32)
+        acc1 = tl.zeros((BKB, L), tl.float32)
+        acc2 = tl.zeros((BKB, L), tl.float32)
+        acc3 = tl.zeros((BKB, L), tl.float32)
+        for r0 in range(first, last, BM):
+            rows = r0 + tl.arange(0, BM)
+            rmask = rows < last
+            t0 = tl.load(T + rows * 4 + 0, mask=rmask, other=0.0)
+            t2 = tl.load(T + rows * 4 + 2, mask=rmask, other=0.0)
+            t3 = tl.load(T + rows * 4 + 3, mask=rmask, other=0.0)
+            p = tl.load(
+                P + rows[:, None] * stride + cols[None, :],
+                mask=rmask[:, None] & cmask[None, :],
+                other=1 + 4 + 16 + 64,
+            )
+            w = tl.load(W + rows[:, None] * L + lanes[None, :], mask=rmask[:, None], other=0.0)
+            acc0 += tl.dot(tl.trans(decode(p, 0, t0, t2, t3)), w, input_precision=PRECISION)
+            acc1 += tl.dot(tl.trans(decode(p, 2, t0, t2, t3)), w, input_precision=PRECISION)
+            acc2 += tl.dot(tl.trans(decode(p, 4, t0, t2, t3)), w, input_precision=PRECISION)
+            acc3 += tl.dot(tl.trans(decode(p, 6, t0, t2, t3)), w, input_precision=PRECISION)
+        base = Z4 + split * 4 * nb * L + cols[:, None] * L + lanes[None, :]
+        tl.store(base + 0 * nb * L, acc0, mask=cmask[:, None])
+        tl.store(base + 1 * nb * L, acc1, mask=cmask[:, None])
+        tl.store(base + 2 * nb * L, acc2, mask=cmask[:, None])
+        tl.store(base + 3 * nb * L, acc3, mask=cmask[:, None])
+
+    return count_kernel, times_vectors_kernel, transpose_times_kernel
+
+
+def _kernels():
+    global _KERNELS
+    if _KERNELS is None:
+        _KERNELS = _build()
+    return _KERNELS
+
+
+def _pad_width(width: int) -> int:
+    return max(16, 1 << math.ceil(math.log2(width)))
+
+
+def count_genotypes(packed, n_samples: int, block_rows: int = 64, block_bytes: int = 64):
+    """Per SNP of a CuPy packed matrix: ALT dosage sum, heterozygote and called counts."""
+    import cupy as cp
+
+    count_kernel, _, _ = _kernels()
+    m, nb = packed.shape
+    alt, het, called = (cp.empty(m, dtype=cp.int32) for _ in range(3))
+    grid = (math.ceil(m / block_rows),)
+    count_kernel[grid](
+        packed, alt, het, called, m, nb, n_samples, packed.strides[0], block_rows, block_bytes
+    )
+    return alt.astype(cp.int64), het.astype(cp.int64), called.astype(cp.int64)
+
+
+def sum_of_squares(table, alt, het, called) -> float:
+    """trace(A^T A) from genotype-class counts: n2 t[0]^2 + n1 t[2]^2 + n0 t[3]^2."""
+    hom_alt = (alt - het) // 2
+    hom_ref = called - het - hom_alt
+    table = np.asarray(table, dtype=np.float64)
+    return float(
+        (hom_alt * table[:, 0] ** 2 + het * table[:, 2] ** 2 + hom_ref * table[:, 3] ** 2).sum()
+    )
+
+
+@dataclass
+class TritonPackedMatrix:
+    """GPU twin of :class:`warpbio.genotype.pca.PackedStandardizedMatrix`.
+
+    ``packed`` is a CuPy (SNPs x bytes) uint8 array on the GPU; ``table`` the
+    (SNPs x 4) standardization table. ``gram_times`` returns A^T (A V) as the
+    CPU class does (float64), computed by the two fused kernels.
+    """
+
+    packed: object
+    table: np.ndarray
+    n_samples: int
+    precision: str = "tf32"
+    splits: int = 0  # SNP splits of A^T W; 0 = enough programs to fill the GPU
+    block_rows: int = 64
+    block_bytes: int = 32
+
+    def __post_init__(self) -> None:
+        import cupy as cp
+
+        self.xp = cp
+        self.n_snps, self.n_bytes = self.packed.shape
+        if self.n_bytes != (self.n_samples + 3) // 4:
+            raise ValueError("packed width does not match the sample count")
+        self._table = cp.asarray(self.table, dtype=cp.float32)
+        if self.splits <= 0:
+            programs = math.ceil(self.n_bytes / self.block_bytes)
+            sms = cp.cuda.Device().attributes["MultiProcessorCount"]
+            self.splits = max(1, min(64, math.ceil(4 * sms / programs)))
+
+    def _slices(self, vectors, width):
+        """(samples x width) -> (4, bytes, width) fp32: V[s::4], zero padded."""
+        cp = self.xp
+        padded = cp.zeros((self.n_bytes * 4, width), dtype=cp.float32)
+        padded[: self.n_samples, : vectors.shape[1]] = vectors
+        return cp.ascontiguousarray(padded.reshape(self.n_bytes, 4, width).transpose(1, 0, 2))
+
+    def times(self, vectors):
+        """W = A V, (SNPs x width) float32."""
+        cp = self.xp
+        _, times_kernel, _ = _kernels()
+        width = _pad_width(vectors.shape[1])
+        slices = self._slices(cp.asarray(vectors, dtype=cp.float32), width)
+        out = cp.empty((self.n_snps, width), dtype=cp.float32)
+        grid = (math.ceil(self.n_snps / self.block_rows),)
+        times_kernel[grid](
+            self.packed, self._table, slices, out, self.n_snps, self.n_bytes,
+            self.packed.strides[0], self.block_rows, self.block_bytes, width, self.precision,
+        )  # fmt: skip
+        return out[:, : vectors.shape[1]]
+
+    def transpose_times(self, image):
+        """Z = A^T W, (samples x width) float64 (partials summed in float64)."""
+        cp = self.xp
+        _, _, transpose_kernel = _kernels()
+        width = _pad_width(image.shape[1])
+        padded = cp.zeros((self.n_snps, width), dtype=cp.float32)
+        padded[:, : image.shape[1]] = image
+        rows_per_split = math.ceil(math.ceil(self.n_snps / self.splits) / self.block_rows)
+        rows_per_split *= self.block_rows
+        splits = math.ceil(self.n_snps / rows_per_split)
+        partial = cp.empty((splits, 4, self.n_bytes, width), dtype=cp.float32)
+        grid = (math.ceil(self.n_bytes / self.block_bytes), splits)
+        transpose_kernel[grid](
+            self.packed, self._table, padded, partial, self.n_snps, self.n_bytes,
+            self.packed.strides[0], rows_per_split, self.block_rows, self.block_bytes,
+            width, self.precision,
+        )  # fmt: skip
+        total = partial.astype(cp.float64).sum(axis=0)  # (4, bytes, width)
+        samples = total.transpose(1, 0, 2).reshape(self.n_bytes * 4, width)
+        return samples[: self.n_samples, : image.shape[1]]
+
+    def gram_times(self, vectors, label: str = "pass", sum_squares: bool = False):
+        progress = Progress(label, self.n_snps, unit="SNPs", every=60.0)
+        result = self.transpose_times(self.times(vectors))
+        progress.update(self.n_snps)
+        if not sum_squares:
+            return result
+        return result, self.sum_squares()
+
+    def sum_squares(self) -> float:
+        """trace(A^T A) from one counting read of the packed data."""
+        alt, het, called = (x.get() for x in count_genotypes(self.packed, self.n_samples))
+        return sum_of_squares(self.table, alt, het, called)
