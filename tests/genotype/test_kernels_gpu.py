@@ -79,3 +79,29 @@ def test_randomized_pca_on_gpu_matches_cpu(data):
     np.testing.assert_allclose(on_gpu.eigenvalues, on_cpu.eigenvalues, rtol=1e-5)
     for i in range(5):
         assert abs(np.dot(on_gpu.eigenvectors[:, i], on_cpu.eigenvectors[:, i])) > 1 - 1e-6
+
+
+def test_offsets_past_int32():
+    """A packed matrix over 2^31 bytes: the last rows must decode and multiply right."""
+    import cupy as cp
+
+    from warpbio.genotype.kernels import TritonPackedMatrix, count_genotypes
+    from warpbio.genotype.pca import decode_standardized, standardization_table
+
+    n_samples = 20_000
+    n_snps = (2**31) // 5_000 + 1_000  # 2.15 GB packed
+    packed = cp.random.randint(0, 256, size=(n_snps, 5_000), dtype=cp.uint8)
+    alt, _, called = count_genotypes(packed, n_samples)
+    tail = packed[-64:].get()
+    codes = (tail[:, :, None] >> np.array([0, 2, 4, 6], dtype=np.uint8)) & 3
+    codes = codes.reshape(64, -1)
+    dosage = np.array([2, -1, 1, 0])[codes]
+    np.testing.assert_array_equal(alt[-64:].get(), np.where(dosage >= 0, dosage, 0).sum(1))
+    np.testing.assert_array_equal(called[-64:].get(), (dosage >= 0).sum(1))
+    freq = np.clip((alt / (2 * called)).get(), 0.01, 0.99)
+    table = standardization_table(freq)
+    matrix = TritonPackedMatrix(packed, table, n_samples, "ieee")
+    vectors = np.random.default_rng(1).standard_normal((n_samples, 2))
+    image = matrix.times(cp.asarray(vectors)).get()
+    expected = decode_standardized(tail, table[-64:], n_samples) @ vectors
+    np.testing.assert_allclose(image[-64:], expected, rtol=1e-4, atol=1e-3)

@@ -6,6 +6,8 @@ float copy of the matrix ever exists. The CPU twin of every kernel is the
 generic NumPy path in :mod:`warpbio.genotype.pca` / :mod:`warpbio.genotype.stats`,
 and ``tests/genotype/test_kernels_gpu.py`` checks that they agree.
 
+Offsets are int64: a 10M x 20k matrix is 50 GB, far past int32 indexing.
+
 Layout: sample j of a SNP sits in byte j // 4 at bits 2 (j % 4). The right-hand
 side V (samples x width) is therefore split into four slices V[s::4] (one per
 bit position) so that each decoded sub-tile meets its own contiguous slice.
@@ -57,7 +59,9 @@ def _build():
             cols = k0 + tl.arange(0, BKB)
             mask = rmask[:, None] & (cols < nb)[None, :]
             p = tl.load(
-                P + rows[:, None] * stride + cols[None, :], mask=mask, other=1 + 4 + 16 + 64
+                P + rows.to(tl.int64)[:, None] * stride + cols[None, :],
+                mask=mask,
+                other=1 + 4 + 16 + 64,
             )
             for s in tl.static_range(4):
                 code = (p >> (2 * s)) & 3
@@ -87,16 +91,16 @@ def _build():
     ):
         rows = tl.program_id(0) * BM + tl.arange(0, BM)
         rmask = rows < m
-        t0 = tl.load(T + rows * 4 + 0, mask=rmask, other=0.0)
-        t2 = tl.load(T + rows * 4 + 2, mask=rmask, other=0.0)
-        t3 = tl.load(T + rows * 4 + 3, mask=rmask, other=0.0)
+        t0 = tl.load(T + rows.to(tl.int64) * 4 + 0, mask=rmask, other=0.0)
+        t2 = tl.load(T + rows.to(tl.int64) * 4 + 2, mask=rmask, other=0.0)
+        t3 = tl.load(T + rows.to(tl.int64) * 4 + 3, mask=rmask, other=0.0)
         lanes = tl.arange(0, L)
         acc = tl.zeros((BM, L), tl.float32)
         for k0 in range(0, nb, BKB):
             cols = k0 + tl.arange(0, BKB)
             cmask = cols < nb
             p = tl.load(
-                P + rows[:, None] * stride + cols[None, :],
+                P + rows.to(tl.int64)[:, None] * stride + cols[None, :],
                 mask=rmask[:, None] & cmask[None, :],
                 other=1 + 4 + 16 + 64,  # "missing" decodes to 0
             )
@@ -108,7 +112,7 @@ def _build():
                     other=0.0,
                 )
                 acc += tl.dot(values, v, input_precision=PRECISION)
-        tl.store(W + rows[:, None] * L + lanes[None, :], acc, mask=rmask[:, None])
+        tl.store(W + rows.to(tl.int64)[:, None] * L + lanes[None, :], acc, mask=rmask[:, None])
 
     @triton.jit
     def transpose_times_kernel(
@@ -138,15 +142,17 @@ def _build():
         for r0 in range(first, last, BM):
             rows = r0 + tl.arange(0, BM)
             rmask = rows < last
-            t0 = tl.load(T + rows * 4 + 0, mask=rmask, other=0.0)
-            t2 = tl.load(T + rows * 4 + 2, mask=rmask, other=0.0)
-            t3 = tl.load(T + rows * 4 + 3, mask=rmask, other=0.0)
+            t0 = tl.load(T + rows.to(tl.int64) * 4 + 0, mask=rmask, other=0.0)
+            t2 = tl.load(T + rows.to(tl.int64) * 4 + 2, mask=rmask, other=0.0)
+            t3 = tl.load(T + rows.to(tl.int64) * 4 + 3, mask=rmask, other=0.0)
             p = tl.load(
-                P + rows[:, None] * stride + cols[None, :],
+                P + rows.to(tl.int64)[:, None] * stride + cols[None, :],
                 mask=rmask[:, None] & cmask[None, :],
                 other=1 + 4 + 16 + 64,
             )
-            w = tl.load(W + rows[:, None] * L + lanes[None, :], mask=rmask[:, None], other=0.0)
+            w = tl.load(
+                W + rows.to(tl.int64)[:, None] * L + lanes[None, :], mask=rmask[:, None], other=0.0
+            )
             acc0 += tl.dot(tl.trans(decode(p, 0, t0, t2, t3)), w, input_precision=PRECISION)
             acc1 += tl.dot(tl.trans(decode(p, 2, t0, t2, t3)), w, input_precision=PRECISION)
             acc2 += tl.dot(tl.trans(decode(p, 4, t0, t2, t3)), w, input_precision=PRECISION)
@@ -167,6 +173,13 @@ def _kernels():
     return _KERNELS
 
 
+def _views(*arrays):
+    """Zero-copy torch views of CuPy arrays (DLPack): Triton launches take tensors."""
+    import torch
+
+    return [torch.from_dlpack(array) for array in arrays]
+
+
 def _pad_width(width: int) -> int:
     return max(16, 1 << math.ceil(math.log2(width)))
 
@@ -180,8 +193,9 @@ def count_genotypes(packed, n_samples: int, block_rows: int = 64, block_bytes: i
     alt, het, called = (cp.empty(m, dtype=cp.int32) for _ in range(3))
     grid = (math.ceil(m / block_rows),)
     count_kernel[grid](
-        packed, alt, het, called, m, nb, n_samples, packed.strides[0], block_rows, block_bytes
-    )
+        *_views(packed, alt, het, called), m, nb, n_samples, packed.strides[0], block_rows,
+        block_bytes,
+    )  # fmt: skip
     return alt.astype(cp.int64), het.astype(cp.int64), called.astype(cp.int64)
 
 
@@ -241,7 +255,7 @@ class TritonPackedMatrix:
         out = cp.empty((self.n_snps, width), dtype=cp.float32)
         grid = (math.ceil(self.n_snps / self.block_rows),)
         times_kernel[grid](
-            self.packed, self._table, slices, out, self.n_snps, self.n_bytes,
+            *_views(self.packed, self._table, slices, out), self.n_snps, self.n_bytes,
             self.packed.strides[0], self.block_rows, self.block_bytes, width, self.precision,
         )  # fmt: skip
         return out[:, : vectors.shape[1]]
@@ -259,7 +273,7 @@ class TritonPackedMatrix:
         partial = cp.empty((splits, 4, self.n_bytes, width), dtype=cp.float32)
         grid = (math.ceil(self.n_bytes / self.block_bytes), splits)
         transpose_kernel[grid](
-            self.packed, self._table, padded, partial, self.n_snps, self.n_bytes,
+            *_views(self.packed, self._table, padded, partial), self.n_snps, self.n_bytes,
             self.packed.strides[0], rows_per_split, self.block_rows, self.block_bytes,
             width, self.precision,
         )  # fmt: skip
