@@ -11,6 +11,8 @@ Sections (each prints as it goes; the summary table comes last):
 3. Dask: svd_compressed (k=10, q=2, CuPy chunks 20,000 x 5,000, the blog's method) on
    the uint8 dosage matrix vs ours on the same genotypes packed, at growing sizes;
 4. scale: ours alone on 10M SNPs x 20k samples packed (50 GB), data on the GPU.
+With --tune, the kernels' tile sizes are first swept on 2M SNPs x 20k samples and
+the fastest are used everywhere after.
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ def accuracy() -> dict:
     return rows
 
 
-def dask_case(n_snps: int, args) -> dict:
+def dask_case(n_snps: int, args, tiles) -> dict:
     """Ours and Dask svd_compressed on the same genotypes (packed vs uint8 dosages)."""
     import cupy as cp
     import dask
@@ -147,7 +149,7 @@ def dask_case(n_snps: int, args) -> dict:
 
     packed, _ = simulate_packed(n_snps, args.samples, seed=9)
     table = gpu_table(packed, args.samples)
-    ours = TritonPackedMatrix(packed, table, args.samples, args.precision)
+    ours = TritonPackedMatrix(packed, table, args.samples, args.precision, **tiles)
     randomized_pca(ours, args.k, power_iterations=args.q, seed=0)  # warm-up
     our_seconds, _ = timed(lambda: randomized_pca(ours, args.k, power_iterations=args.q), 3)
     row = {"n_snps": n_snps, "n_samples": args.samples, "ours_s": our_seconds}
@@ -173,7 +175,7 @@ def dask_case(n_snps: int, args) -> dict:
     return row
 
 
-def dask_versus_ours(args) -> list[dict]:
+def dask_versus_ours(args, tiles) -> list[dict]:
     import cupy as cp
 
     try:
@@ -183,19 +185,89 @@ def dask_versus_ours(args) -> list[dict]:
         return []
     rows = []
     for n_snps in args.dask_snps:
-        rows.append(dask_case(n_snps, args))
+        rows.append(dask_case(n_snps, args, tiles))
         print(f"dask vs ours: {rows[-1]}", flush=True)
         cp.get_default_memory_pool().free_all_blocks()
     return rows
 
 
-def scale(args, limits) -> dict:
+COUNT_TILES = [(32, 64, 4), (64, 64, 4), (16, 128, 4), (32, 128, 8), (64, 128, 8)]
+TIMES_TILES = [
+    (rows, cols, warps, stages)
+    for rows, cols, warps, stages in [
+        (128, 32, 8, 3), (256, 32, 8, 3), (128, 64, 8, 3), (256, 64, 8, 2),
+        (64, 64, 4, 3), (128, 32, 4, 4), (256, 32, 8, 4), (512, 32, 8, 2),
+    ]
+]  # fmt: skip
+TRANSPOSE_TILES = [
+    (64, 128, 8, 3), (32, 128, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3),
+    (128, 128, 8, 2), (32, 256, 8, 2), (64, 256, 8, 2), (128, 32, 4, 3),
+]  # fmt: skip
+
+
+def tune(args, limits) -> dict:
+    """Fastest tiles of each kernel on 2M x 20k packed; bandwidth fraction of each."""
+    import cupy as cp
+
+    from warpbio.genotype.kernels import count_genotypes
+
+    packed, _ = simulate_packed(2_000_000, args.samples, seed=3)
+    table = gpu_table(packed, args.samples)
+    vectors = cp.asarray(np.random.default_rng(0).standard_normal((args.samples, 20)))
+    floor = packed.nbytes / limits["copy_bytes_per_s"]
+    best = {}
+
+    def sweep(name, tiles, run):
+        results = []
+        for tile in tiles:
+            try:
+                run(tile)  # compile + warm-up
+                seconds, _ = timed(lambda tile=tile: run(tile), 3)
+            except Exception as error:
+                print(f"tune {name} {tile}: {type(error).__name__}", flush=True)
+                continue
+            results.append((seconds, tile))
+            print(f"tune {name} {tile}: {seconds * 1e3:.1f} ms, floor {floor / seconds:.0%}")
+        seconds, tile = min(results)
+        best[name] = {"tile": list(tile), "ms": seconds * 1e3, "fraction_of_floor": floor / seconds}
+
+    sweep("count", COUNT_TILES, lambda t: count_genotypes(packed, args.samples, *t))
+    image = TritonPackedMatrix(packed, table, args.samples, args.precision).times(vectors)
+    sweep(
+        "times",
+        TIMES_TILES,
+        lambda t: TritonPackedMatrix(
+            packed, table, args.samples, args.precision, times_tiles=t
+        ).times(vectors),
+    )
+    sweep(
+        "transpose",
+        TRANSPOSE_TILES,
+        lambda t: TritonPackedMatrix(
+            packed, table, args.samples, args.precision, transpose_tiles=t
+        ).transpose_times(image),
+    )
+    print(f"tuned: {best}", flush=True)
+    return best
+
+
+def tiles_of(report) -> dict:
+    tuned = report.get("tune", {})
+    return {
+        "times_tiles": tuple(tuned["times"]["tile"]) if "times" in tuned else (128, 32, 8, 3),
+        "transpose_tiles": tuple(tuned["transpose"]["tile"])
+        if "transpose" in tuned
+        else (64, 128, 8, 3),
+    }
+
+
+def scale(args, limits, tiles) -> dict:
     start = time.perf_counter()
     packed, _ = simulate_packed(args.snps, args.samples, seed=1)
     generated = time.perf_counter() - start
     print(f"generated {packed.nbytes / 1e9:.1f} GB packed in {generated:.1f} s", flush=True)
     frequency_seconds, table = timed(lambda: gpu_table(packed, args.samples))
-    matrix = TritonPackedMatrix(packed, table, args.samples, args.precision)
+    matrix = TritonPackedMatrix(packed, table, args.samples, args.precision, **tiles)
     randomized_pca(matrix, args.k, power_iterations=args.q, seed=0)  # warm-up
     seconds, result = timed(lambda: randomized_pca(matrix, args.k, power_iterations=args.q), 3)
     passes = args.q + 2
@@ -229,6 +301,7 @@ def main() -> None:
     parser.add_argument("--precision", default="tf32")
     parser.add_argument("--dask-snps", type=int, nargs="*", default=[500_000, 1_000_000])
     parser.add_argument("--skip", nargs="*", default=[], choices=["accuracy", "dask", "scale"])
+    parser.add_argument("--tune", action="store_true", help="sweep kernel tiles first")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -241,10 +314,13 @@ def main() -> None:
     if "accuracy" not in args.skip:
         report["accuracy"] = accuracy()
         cp.get_default_memory_pool().free_all_blocks()
+    if args.tune:
+        report["tune"] = tune(args, limits)
+        cp.get_default_memory_pool().free_all_blocks()
     if "dask" not in args.skip:
-        report["dask"] = dask_versus_ours(args)
+        report["dask"] = dask_versus_ours(args, tiles_of(report))
     if "scale" not in args.skip:
-        report["scale"] = scale(args, limits)
+        report["scale"] = scale(args, limits, tiles_of(report))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
 
@@ -262,6 +338,9 @@ def main() -> None:
         case = f"{row['n_snps']:,} x {row['n_samples']:,} packed"
         fraction = f"{100 * row['fraction_of_floor']:.0f}%"
         print(f"{case:<34}{row['pca_s']:>9.3f}{'-':>9}{'-':>8}{fraction:>8}")
+    for name, row in report.get("tune", {}).items():
+        print(f"kernel {name}: tile {row['tile']}, {row['ms']:.1f} ms on 2M x 20k, "
+              f"{100 * row['fraction_of_floor']:.0f}% of the copy floor")  # fmt: skip
     for precision, row in report.get("accuracy", {}).items():
         corr = min(row["pc1_pc2_abs_corr_vs_exact"])
         err = max(row["top2_eigenvalue_rel_err_vs_exact"])

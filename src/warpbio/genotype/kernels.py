@@ -50,11 +50,13 @@ def _build():
 
     @triton.jit
     def count_kernel(P, ALT, HET, CALLED, m, nb, n, stride, BM: tl.constexpr, BKB: tl.constexpr):
+        # Elementwise accumulators, reduced once at the end: per-iteration
+        # cross-lane reductions made this kernel 500x slower than its memory floor.
         rows = tl.program_id(0) * BM + tl.arange(0, BM)
         rmask = rows < m
-        alt = tl.zeros((BM,), tl.int32)
-        het = tl.zeros((BM,), tl.int32)
-        called = tl.zeros((BM,), tl.int32)
+        alt = tl.zeros((BM, BKB), tl.int32)
+        het = tl.zeros((BM, BKB), tl.int32)
+        called = tl.zeros((BM, BKB), tl.int32)
         for k0 in range(0, nb, BKB):
             cols = k0 + tl.arange(0, BKB)
             mask = rmask[:, None] & (cols < nb)[None, :]
@@ -67,13 +69,12 @@ def _build():
                 code = (p >> (2 * s)) & 3
                 inside = (cols * 4 + s < n)[None, :]
                 present = (code != 1) & inside
-                dosage = tl.where(code == 0, 2, tl.where(code == 2, 1, 0))
-                alt += tl.sum(tl.where(present, dosage, 0), axis=1)
-                het += tl.sum(((code == 2) & inside).to(tl.int32), axis=1)
-                called += tl.sum(present.to(tl.int32), axis=1)
-        tl.store(ALT + rows, alt, mask=rmask)
-        tl.store(HET + rows, het, mask=rmask)
-        tl.store(CALLED + rows, called, mask=rmask)
+                alt += tl.where(present, tl.where(code == 0, 2, tl.where(code == 2, 1, 0)), 0)
+                het += ((code == 2) & inside).to(tl.int32)
+                called += present.to(tl.int32)
+        tl.store(ALT + rows, tl.sum(alt, axis=1), mask=rmask)
+        tl.store(HET + rows, tl.sum(het, axis=1), mask=rmask)
+        tl.store(CALLED + rows, tl.sum(called, axis=1), mask=rmask)
 
     @triton.jit
     def times_vectors_kernel(
@@ -184,7 +185,9 @@ def _pad_width(width: int) -> int:
     return max(16, 1 << math.ceil(math.log2(width)))
 
 
-def count_genotypes(packed, n_samples: int, block_rows: int = 64, block_bytes: int = 64):
+def count_genotypes(
+    packed, n_samples: int, block_rows: int = 64, block_bytes: int = 64, warps: int = 4
+):
     """Per SNP of a CuPy packed matrix: ALT dosage sum, heterozygote and called counts."""
     import cupy as cp
 
@@ -194,7 +197,7 @@ def count_genotypes(packed, n_samples: int, block_rows: int = 64, block_bytes: i
     grid = (math.ceil(m / block_rows),)
     count_kernel[grid](
         *_views(packed, alt, het, called), m, nb, n_samples, packed.strides[0], block_rows,
-        block_bytes,
+        block_bytes, num_warps=warps,
     )  # fmt: skip
     return alt.astype(cp.int64), het.astype(cp.int64), called.astype(cp.int64)
 
@@ -223,8 +226,9 @@ class TritonPackedMatrix:
     n_samples: int
     precision: str = "tf32"
     splits: int = 0  # SNP splits of A^T W; 0 = enough programs to fill the GPU
-    block_rows: int = 64
-    block_bytes: int = 32
+    # (rows, bytes, warps, stages) tiles of A V and of A^T W
+    times_tiles: tuple[int, int, int, int] = (128, 32, 8, 3)
+    transpose_tiles: tuple[int, int, int, int] = (64, 128, 8, 3)
 
     def __post_init__(self) -> None:
         import cupy as cp
@@ -235,7 +239,7 @@ class TritonPackedMatrix:
             raise ValueError("packed width does not match the sample count")
         self._table = cp.asarray(self.table, dtype=cp.float32)
         if self.splits <= 0:
-            programs = math.ceil(self.n_bytes / self.block_bytes)
+            programs = math.ceil(self.n_bytes / self.transpose_tiles[1])
             sms = cp.cuda.Device().attributes["MultiProcessorCount"]
             self.splits = max(1, min(64, math.ceil(4 * sms / programs)))
 
@@ -253,10 +257,12 @@ class TritonPackedMatrix:
         width = _pad_width(vectors.shape[1])
         slices = self._slices(cp.asarray(vectors, dtype=cp.float32), width)
         out = cp.empty((self.n_snps, width), dtype=cp.float32)
-        grid = (math.ceil(self.n_snps / self.block_rows),)
+        rows, cols, warps, stages = self.times_tiles
+        grid = (math.ceil(self.n_snps / rows),)
         times_kernel[grid](
             *_views(self.packed, self._table, slices, out), self.n_snps, self.n_bytes,
-            self.packed.strides[0], self.block_rows, self.block_bytes, width, self.precision,
+            self.packed.strides[0], rows, cols, width, self.precision, num_warps=warps,
+            num_stages=stages,
         )  # fmt: skip
         return out[:, : vectors.shape[1]]
 
@@ -267,15 +273,15 @@ class TritonPackedMatrix:
         width = _pad_width(image.shape[1])
         padded = cp.zeros((self.n_snps, width), dtype=cp.float32)
         padded[:, : image.shape[1]] = image
-        rows_per_split = math.ceil(math.ceil(self.n_snps / self.splits) / self.block_rows)
-        rows_per_split *= self.block_rows
+        rows, cols, warps, stages = self.transpose_tiles
+        rows_per_split = math.ceil(math.ceil(self.n_snps / self.splits) / rows) * rows
         splits = math.ceil(self.n_snps / rows_per_split)
         partial = cp.empty((splits, 4, self.n_bytes, width), dtype=cp.float32)
-        grid = (math.ceil(self.n_bytes / self.block_bytes), splits)
+        grid = (math.ceil(self.n_bytes / cols), splits)
         transpose_kernel[grid](
             *_views(self.packed, self._table, padded, partial), self.n_snps, self.n_bytes,
-            self.packed.strides[0], rows_per_split, self.block_rows, self.block_bytes,
-            width, self.precision,
+            self.packed.strides[0], rows_per_split, rows, cols, width, self.precision,
+            num_warps=warps, num_stages=stages,
         )  # fmt: skip
         total = partial.astype(cp.float64).sum(axis=0)  # (4, bytes, width)
         samples = total.transpose(1, 0, 2).reshape(self.n_bytes * 4, width)
