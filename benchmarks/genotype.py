@@ -120,7 +120,7 @@ def accuracy() -> dict:
     exact = exact_pca(reference, 10)
     float64_randomized = randomized_pca(reference, 10, seed=0)
     rows = {}
-    for precision in ("tf32", "tf32x3"):
+    for precision in ("fp16", "tf32", "tf32x3"):
         matrix = TritonPackedMatrix(packed, table, n_samples, precision)
         result = randomized_pca(matrix, 10, seed=0)
         relative = np.abs(result.eigenvalues - exact.eigenvalues) / exact.eigenvalues
@@ -195,13 +195,13 @@ COUNT_TILES = [(32, 64, 4), (64, 64, 4), (16, 128, 4), (32, 128, 8), (64, 128, 8
 TIMES_TILES = [
     (rows, cols, warps, stages)
     for rows, cols, warps, stages in [
-        (128, 32, 8, 3), (256, 32, 8, 3), (128, 64, 8, 3), (256, 64, 8, 2),
-        (64, 64, 4, 3), (128, 32, 4, 4), (256, 32, 8, 4), (512, 32, 8, 2),
+        (128, 32, 4, 4), (256, 32, 4, 4), (128, 64, 4, 4), (512, 32, 8, 2),
+        (256, 32, 8, 3), (128, 32, 4, 3), (64, 32, 4, 4), (256, 64, 8, 3),
     ]
 ]  # fmt: skip
 TRANSPOSE_TILES = [
-    (64, 128, 8, 3), (32, 128, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3),
-    (128, 128, 8, 2), (32, 256, 8, 2), (64, 256, 8, 2), (128, 32, 4, 3),
+    (32, 128, 4, 3), (16, 128, 4, 3), (32, 128, 4, 4), (32, 64, 4, 4), (16, 256, 4, 3),
+    (32, 256, 8, 2), (64, 128, 8, 3), (32, 128, 8, 4),
 ]  # fmt: skip
 
 
@@ -298,7 +298,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=20_000)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--q", type=int, default=2)
-    parser.add_argument("--precision", default="tf32")
+    parser.add_argument("--precision", default="fp16", choices=["fp16", "tf32", "tf32x3", "ieee"])
     parser.add_argument("--dask-snps", type=int, nargs="*", default=[500_000, 1_000_000])
     parser.add_argument("--skip", nargs="*", default=[], choices=["accuracy", "dask", "scale"])
     parser.add_argument("--tune", action="store_true", help="sweep kernel tiles first")

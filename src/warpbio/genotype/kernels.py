@@ -18,7 +18,8 @@ bit position) so that each decoded sub-tile meets its own contiguous slice.
   block and SNP split; splits write partial sums that are added afterwards in a
   fixed order (deterministic, no atomics).
 
-``precision`` is Triton's ``input_precision`` for ``tl.dot``: ``tf32`` (tensor
+``precision`` of the products: ``fp16`` (operands rounded to float16, float32
+accumulation: tf32's 10-bit mantissa at twice its rate), ``tf32`` (tensor
 cores, ~1e-3 relative per product), ``tf32x3`` (three tf32 products, near
 float32) or ``ieee`` (plain float32 FMA, slowest).
 """
@@ -47,6 +48,13 @@ def _build():
             t0[:, None],
             tl.where(code == 2, t2[:, None], tl.where(code == 3, t3[:, None], 0.0)),
         )
+
+    @triton.jit
+    def product(a, b, PRECISION: tl.constexpr):
+        # fp16 has tf32's 10-bit mantissa at twice the tensor-core rate
+        if PRECISION == "fp16":
+            return tl.dot(a.to(tl.float16), b.to(tl.float16))
+        return tl.dot(a, b, input_precision=PRECISION)
 
     @triton.jit
     def count_kernel(P, ALT, HET, CALLED, m, nb, n, stride, BM: tl.constexpr, BKB: tl.constexpr):
@@ -112,7 +120,7 @@ def _build():
                     mask=cmask[:, None],
                     other=0.0,
                 )
-                acc += tl.dot(values, v, input_precision=PRECISION)
+                acc += product(values, v, PRECISION)
         tl.store(W + rows.to(tl.int64)[:, None] * L + lanes[None, :], acc, mask=rmask[:, None])
 
     @triton.jit
@@ -154,10 +162,10 @@ def _build():
             w = tl.load(
                 W + rows.to(tl.int64)[:, None] * L + lanes[None, :], mask=rmask[:, None], other=0.0
             )
-            acc0 += tl.dot(tl.trans(decode(p, 0, t0, t2, t3)), w, input_precision=PRECISION)
-            acc1 += tl.dot(tl.trans(decode(p, 2, t0, t2, t3)), w, input_precision=PRECISION)
-            acc2 += tl.dot(tl.trans(decode(p, 4, t0, t2, t3)), w, input_precision=PRECISION)
-            acc3 += tl.dot(tl.trans(decode(p, 6, t0, t2, t3)), w, input_precision=PRECISION)
+            acc0 += product(tl.trans(decode(p, 0, t0, t2, t3)), w, PRECISION)
+            acc1 += product(tl.trans(decode(p, 2, t0, t2, t3)), w, PRECISION)
+            acc2 += product(tl.trans(decode(p, 4, t0, t2, t3)), w, PRECISION)
+            acc3 += product(tl.trans(decode(p, 6, t0, t2, t3)), w, PRECISION)
         base = Z4 + split * 4 * nb * L + cols[:, None] * L + lanes[None, :]
         tl.store(base + 0 * nb * L, acc0, mask=cmask[:, None])
         tl.store(base + 1 * nb * L, acc1, mask=cmask[:, None])
