@@ -53,8 +53,10 @@ def _build():
     def product(a, b, PRECISION: tl.constexpr):
         # fp16 has tf32's 10-bit mantissa at twice the tensor-core rate
         if PRECISION == "fp16":
-            return tl.dot(a.to(tl.float16), b.to(tl.float16))
-        return tl.dot(a, b, input_precision=PRECISION)
+            result = tl.dot(a.to(tl.float16), b.to(tl.float16))
+        else:
+            result = tl.dot(a, b, input_precision=PRECISION)
+        return result
 
     @triton.jit
     def count_kernel(P, ALT, HET, CALLED, m, nb, n, stride, BM: tl.constexpr, BKB: tl.constexpr):
