@@ -254,10 +254,10 @@ def tune(args, limits) -> dict:
 def tiles_of(report) -> dict:
     tuned = report.get("tune", {})
     return {
-        "times_tiles": tuple(tuned["times"]["tile"]) if "times" in tuned else (128, 32, 8, 3),
+        "times_tiles": tuple(tuned["times"]["tile"]) if "times" in tuned else (128, 32, 4, 3),
         "transpose_tiles": tuple(tuned["transpose"]["tile"])
         if "transpose" in tuned
-        else (64, 128, 8, 3),
+        else (16, 128, 4, 3),
     }
 
 

@@ -196,7 +196,7 @@ def _pad_width(width: int) -> int:
 
 
 def count_genotypes(
-    packed, n_samples: int, block_rows: int = 64, block_bytes: int = 64, warps: int = 4
+    packed, n_samples: int, block_rows: int = 32, block_bytes: int = 64, warps: int = 4
 ):
     """Per SNP of a CuPy packed matrix: ALT dosage sum, heterozygote and called counts."""
     import cupy as cp
@@ -234,11 +234,12 @@ class TritonPackedMatrix:
     packed: object
     table: np.ndarray
     n_samples: int
-    precision: str = "tf32"
+    precision: str = "fp16"
     splits: int = 0  # SNP splits of A^T W; 0 = enough programs to fill the GPU
     # (rows, bytes, warps, stages) tiles of A V and of A^T W
-    times_tiles: tuple[int, int, int, int] = (128, 32, 8, 3)
-    transpose_tiles: tuple[int, int, int, int] = (64, 128, 8, 3)
+    # defaults: the fastest of benchmarks/genotype.py --tune on an H100 (2026-11-22)
+    times_tiles: tuple[int, int, int, int] = (128, 32, 4, 3)
+    transpose_tiles: tuple[int, int, int, int] = (16, 128, 4, 3)
 
     def __post_init__(self) -> None:
         import cupy as cp

@@ -193,7 +193,9 @@ def randomized_pca(
             f"k + oversampling = {width} (x {power_iterations + 1} Krylov blocks = {space}) "
             f"exceeds the {matrix.n_samples} samples; lower oversampling or use method: exact"
         )
-    start = xp.asarray(np.random.default_rng(seed).standard_normal((matrix.n_samples, width)))
+    start = np.random.default_rng(seed).standard_normal((matrix.n_samples, width))
+    # orthonormal start: bounded magnitudes in the products (fp16 on the GPU)
+    start = xp.asarray(np.linalg.qr(start)[0])
     image, sum_squares = matrix.gram_times(start, "range pass", sum_squares=True)
     bases, images = [], []
     for step in range(power_iterations + 1):
