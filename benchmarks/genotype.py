@@ -87,19 +87,24 @@ def ceilings() -> dict:
     return {"copy_bytes_per_s": bandwidth, "tf32_flops": tf32}
 
 
-def simulate_packed(n_snps: int, n_samples: int, seed: int, block: int = 25_000):
-    """Balding-Nichols genotypes generated and packed on the GPU."""
+def simulate_packed(n_snps: int, n_samples: int, seed: int, rows=None, block: int = 25_000):
+    """Balding-Nichols genotypes generated and packed on the current GPU.
+
+    Each block of ``block`` SNPs has its own seed, so any block-aligned row range
+    (``rows`` = (start, stop)) holds the same genotypes wherever it is made.
+    """
     import cupy as cp
 
     spec = BaldingNicholsSpec(n_samples=n_samples, n_snps=n_snps, fst=0.05, missing_rate=0.01)
     freqs = population_frequencies(spec, np.random.default_rng(seed))
     labels = population_labels(spec)
-    rng = cp.random.default_rng(seed + 1)
-    packed = cp.empty((n_snps, (n_samples + 3) // 4), dtype=cp.uint8)
-    for start in range(0, n_snps, block):
-        stop = min(start + block, n_snps)
+    first, last = rows or (0, n_snps)
+    packed = cp.empty((last - first, (n_samples + 3) // 4), dtype=cp.uint8)
+    for start in range(first, last, block):
+        stop = min(start + block, last)
+        rng = cp.random.default_rng(seed * 1_000_003 + start // block)
         dosage = simulate_block(freqs[start:stop], labels, spec.missing_rate, rng, cp)
-        packed[start:stop] = pack_genotypes(dosage, cp)
+        packed[start - first : stop - first] = pack_genotypes(dosage, cp)
     sync()
     return packed, labels
 
@@ -296,6 +301,43 @@ def scale(args, limits, tiles) -> dict:
     return row
 
 
+def scaling(args, tiles) -> list[dict]:
+    """The same 10M x 20k problem on 1 GPU and on all GPUs (SNPs split evenly)."""
+    import cupy as cp
+
+    from warpbio.genotype.kernels import MultiGpuPackedMatrix
+
+    rows = []
+    for n_gpus in sorted({1, cp.cuda.runtime.getDeviceCount()}):
+        bounds = np.linspace(0, args.snps, n_gpus + 1).astype(int)
+        slices = []
+        for device in range(n_gpus):
+            with cp.cuda.Device(device):
+                slices.append(
+                    simulate_packed(
+                        args.snps, args.samples, 1, (bounds[device], bounds[device + 1])
+                    )[0]
+                )
+        matrix = MultiGpuPackedMatrix.from_device_slices(
+            slices, args.samples, precision=args.precision, **tiles
+        )
+        randomized_pca(matrix, args.k, power_iterations=args.q, seed=0)  # warm-up
+        seconds, result = timed(
+            lambda m=matrix: randomized_pca(m, args.k, power_iterations=args.q), 3
+        )
+        rows.append(
+            {"gpus": n_gpus, "pca_s": seconds, "eigenvalues": result.eigenvalues[:3].tolist()}
+        )
+        print(f"scaling: {rows[-1]}", flush=True)
+        del matrix, slices
+        for device in range(n_gpus):
+            with cp.cuda.Device(device):
+                cp.get_default_memory_pool().free_all_blocks()
+    for row in rows:
+        row["efficiency"] = rows[0]["pca_s"] / (row["gpus"] * row["pca_s"])
+    return rows
+
+
 def cpu_versus_plink2(args) -> None:
     """plink2 --pca approx vs warpbio on the CPU, same .bed and threads."""
     import os
@@ -373,7 +415,9 @@ def main() -> None:
     parser.add_argument("--q", type=int, default=2)
     parser.add_argument("--precision", default="fp16", choices=["fp16", "tf32", "tf32x3", "ieee"])
     parser.add_argument("--dask-snps", type=int, nargs="*", default=[500_000, 1_000_000])
-    parser.add_argument("--skip", nargs="*", default=[], choices=["accuracy", "dask", "scale"])
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["accuracy", "dask", "scale", "scaling"]
+    )
     parser.add_argument("--tune", action="store_true", help="sweep kernel tiles first")
     parser.add_argument("--out", default=None)
     parser.add_argument("--cpu-vs-plink2", action="store_true", help="CPU comparison only")
@@ -400,6 +444,8 @@ def main() -> None:
         report["dask"] = dask_versus_ours(args, tiles_of(report))
     if "scale" not in args.skip:
         report["scale"] = scale(args, limits, tiles_of(report))
+    if "scaling" not in args.skip and cp.cuda.runtime.getDeviceCount() > 1:
+        report["scaling"] = scaling(args, tiles_of(report))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
 
@@ -417,6 +463,9 @@ def main() -> None:
         case = f"{row['n_snps']:,} x {row['n_samples']:,} packed"
         fraction = f"{100 * row['fraction_of_floor']:.0f}%"
         print(f"{case:<34}{row['pca_s']:>9.3f}{'-':>9}{'-':>8}{fraction:>8}")
+    for row in report.get("scaling", []):
+        print(f"{row['gpus']} GPU(s), {args.snps:,} x {args.samples:,}: {row['pca_s']:.3f} s, "
+              f"parallel efficiency {100 * row['efficiency']:.0f}%")  # fmt: skip
     for name, row in report.get("tune", {}).items():
         print(f"kernel {name}: tile {row['tile']}, {row['ms']:.1f} ms on 2M x 20k, "
               f"{100 * row['fraction_of_floor']:.0f}% of the copy floor")  # fmt: skip

@@ -105,3 +105,24 @@ def test_offsets_past_int32():
     image = matrix.times(cp.asarray(vectors)).get()
     expected = decode_standardized(tail, table[-64:], n_samples) @ vectors
     np.testing.assert_allclose(image[-64:], expected, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("n_gpus", [1, 2])
+def test_snps_split_across_gpus_match_one_matrix(data, n_gpus):
+    import cupy as cp
+
+    from warpbio.genotype.kernels import MultiGpuPackedMatrix
+    from warpbio.genotype.pca import randomized_pca
+
+    if cp.cuda.runtime.getDeviceCount() < n_gpus:
+        pytest.skip(f"needs {n_gpus} GPUs")
+    packed, _, _, dense, cpu = data
+    matrix = MultiGpuPackedMatrix.split(packed.get(), dense.shape[1], n_gpus, precision="ieee")
+    assert matrix.devices == list(range(n_gpus))
+    vectors = np.random.default_rng(3).standard_normal((dense.shape[1], 12))
+    gram = matrix.gram_times(cp.asarray(vectors)).get()
+    assert relative(gram, cpu.gram_times(vectors)) < 2e-6
+    assert matrix.sum_squares() == pytest.approx((dense**2).sum(), rel=1e-6)
+    on_cpu = randomized_pca(cpu, 4, seed=5)
+    split = randomized_pca(matrix, 4, seed=5)
+    np.testing.assert_allclose(split.eigenvalues, on_cpu.eigenvalues, rtol=1e-5)

@@ -136,7 +136,7 @@ rule genotype_pca:
         conda_env("genotype")
     threads: 16  # BLAS-bound on the CPU; Snakemake lowers it to --cores
     resources:
-        gpu=gpus("genotype"),
+        gpu=gpus("genotype", config["genotype"]["pca"]["gpus"]),
         mem_mb=mem_mb(8000),
         runtime=120,
     params:

@@ -26,6 +26,7 @@ float32) or ``ieee`` (plain float32 FMA, slowest).
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -310,3 +311,83 @@ class TritonPackedMatrix:
         """trace(A^T A) from one counting read of the packed data."""
         alt, het, called = (x.get() for x in count_genotypes(self.packed, self.n_samples))
         return sum_of_squares(self.table, alt, het, called)
+
+
+class MultiGpuPackedMatrix:
+    """SNPs split across GPUs: each holds a contiguous slice as a TritonPackedMatrix.
+
+    A^T A V = sum over GPUs of A_i^T (A_i V): every GPU computes its term
+    asynchronously and only the small (samples x width) partial sums cross
+    devices, so no collective library is needed for this reduction.
+    """
+
+    def __init__(self, parts: list[TritonPackedMatrix]):
+        import cupy as cp
+
+        if not parts:
+            raise ValueError("no GPU parts")
+        self.parts = parts
+        self.xp = cp
+        self.n_samples = parts[0].n_samples
+        self.n_snps = sum(part.n_snps for part in parts)
+        self.devices = [part.packed.device.id for part in parts]
+
+    @classmethod
+    def from_device_slices(cls, slices: list, n_samples: int, **options):
+        """Slices already on GPUs (in SNP order): count genotypes on each GPU and
+        standardize every slice with the pooled allele frequencies."""
+        import cupy as cp
+
+        from warpbio.genotype.pca import standardization_table
+
+        frequencies = []
+        for packed in slices:
+            with cp.cuda.Device(packed.device.id):
+                alt, _, called = count_genotypes(packed, n_samples)
+                frequencies.append((alt / (2 * called)).get())
+        table = standardization_table(np.concatenate(frequencies))
+        bounds = np.cumsum([0] + [packed.shape[0] for packed in slices])
+        parts = []
+        for (start, stop), packed in zip(itertools.pairwise(bounds), slices, strict=True):
+            with cp.cuda.Device(packed.device.id):
+                parts.append(TritonPackedMatrix(packed, table[start:stop], n_samples, **options))
+        return cls(parts)
+
+    @classmethod
+    def split(cls, packed_host, n_samples: int, n_gpus: int, **options):
+        """Equal SNP slices of a host (or memory-mapped) packed matrix on GPUs 0..n-1."""
+        import cupy as cp
+
+        bounds = np.linspace(0, packed_host.shape[0], n_gpus + 1).round().astype(int)
+        slices = []
+        for device, (start, stop) in enumerate(itertools.pairwise(bounds)):
+            with cp.cuda.Device(device):
+                slices.append(cp.asarray(np.asarray(packed_host[start:stop])))
+        return cls.from_device_slices(slices, n_samples, **options)
+
+    def gram_times(self, vectors, label: str = "pass", sum_squares: bool = False):
+        import cupy as cp
+
+        progress = Progress(label, self.n_snps, unit="SNPs", every=60.0)
+        pending = []
+        for device, part in zip(self.devices, self.parts, strict=True):
+            with cp.cuda.Device(device):  # queued, not waited on: the GPUs overlap
+                local = cp.array(vectors)  # peer copy of the small right-hand side
+                pending.append(part.transpose_times(part.times(local)))
+        home = cp.cuda.Device().id
+        total = cp.zeros((self.n_samples, vectors.shape[1]), dtype=cp.float64)
+        for result in pending:
+            total += result if result.device.id == home else cp.array(result)
+        progress.update(self.n_snps)
+        if not sum_squares:
+            return total
+        return total, self.sum_squares()
+
+    def sum_squares(self) -> float:
+        import cupy as cp
+
+        total = 0.0
+        for device, part in zip(self.devices, self.parts, strict=True):
+            with cp.cuda.Device(device):
+                total += part.sum_squares()
+        return total

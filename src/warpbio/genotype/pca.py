@@ -314,14 +314,12 @@ def pca_step(ctx) -> dict:
         method = "exact" if bed.n_samples <= int(settings["exact_max_samples"]) else "randomized"
     xp = ctx.xp
     if xp is not np and method == "randomized":
-        # fused Triton kernels on the packed data, which goes to the GPU once
-        from warpbio.genotype.kernels import TritonPackedMatrix, count_genotypes
+        # fused Triton kernels on the packed data, which goes to the leased GPUs
+        # once, SNPs split evenly across them
+        from warpbio.genotype.kernels import MultiGpuPackedMatrix
 
-        packed = xp.asarray(np.asarray(bed.packed))
-        alt, _, called = count_genotypes(packed, bed.n_samples)
-        freq = to_numpy(alt / (2 * called))
-        matrix = TritonPackedMatrix(
-            packed, standardization_table(freq), bed.n_samples, settings["gpu_precision"]
+        matrix = MultiGpuPackedMatrix.split(
+            bed.packed, bed.n_samples, max(1, ctx.lease.count), precision=settings["gpu_precision"]
         )
     else:
         packed = bed.packed if xp is np else xp.asarray(np.asarray(bed.packed))
