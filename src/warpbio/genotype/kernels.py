@@ -297,7 +297,8 @@ class TritonPackedMatrix:
         )  # fmt: skip
         total = partial.astype(cp.float64).sum(axis=0)  # (4, bytes, width)
         samples = total.transpose(1, 0, 2).reshape(self.n_bytes * 4, width)
-        return samples[: self.n_samples, : image.shape[1]]
+        # contiguous, so that another GPU can copy it (CuPy copies only those)
+        return cp.ascontiguousarray(samples[: self.n_samples, : image.shape[1]])
 
     def gram_times(self, vectors, label: str = "pass", sum_squares: bool = False):
         progress = Progress(label, self.n_snps, unit="SNPs", every=60.0)
