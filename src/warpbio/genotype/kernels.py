@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -317,9 +318,9 @@ class TritonPackedMatrix:
 class MultiGpuPackedMatrix:
     """SNPs split across GPUs: each holds a contiguous slice as a TritonPackedMatrix.
 
-    A^T A V = sum over GPUs of A_i^T (A_i V): every GPU computes its term
-    asynchronously and only the small (samples x width) partial sums cross
-    devices, so no collective library is needed for this reduction.
+    A^T A V = sum over GPUs of A_i^T (A_i V): one host thread per GPU computes
+    its term and waits for it; only the small (samples x width) partial sums then
+    cross devices, so no collective library is needed for this reduction.
     """
 
     def __init__(self, parts: list[TritonPackedMatrix]):
@@ -332,6 +333,8 @@ class MultiGpuPackedMatrix:
         self.n_samples = parts[0].n_samples
         self.n_snps = sum(part.n_snps for part in parts)
         self.devices = [part.packed.device.id for part in parts]
+        self._pool = ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="gpu")
+        self._warm = False
 
     @classmethod
     def from_device_slices(cls, slices: list, n_samples: int, **options):
@@ -366,19 +369,30 @@ class MultiGpuPackedMatrix:
                 slices.append(cp.asarray(np.asarray(packed_host[start:stop])))
         return cls.from_device_slices(slices, n_samples, **options)
 
+    def _term(self, index: int, vectors):
+        """A_i^T (A_i V) on GPU i, finished before it is returned."""
+        import cupy as cp
+
+        part = self.parts[index]
+        with cp.cuda.Device(self.devices[index]):
+            result = part.transpose_times(part.times(cp.array(vectors)))
+            cp.cuda.get_current_stream().synchronize()
+        return result
+
     def gram_times(self, vectors, label: str = "pass", sum_squares: bool = False):
         import cupy as cp
 
         progress = Progress(label, self.n_snps, unit="SNPs", every=60.0)
-        pending = []
-        for device, part in zip(self.devices, self.parts, strict=True):
-            with cp.cuda.Device(device):  # queued, not waited on: the GPUs overlap
-                local = cp.array(vectors)  # peer copy of the small right-hand side
-                pending.append(part.transpose_times(part.times(local)))
-        home = cp.cuda.Device().id
+        cp.cuda.get_current_stream().synchronize()  # V is complete before any GPU copies it
+        indices = range(len(self.parts))
+        if self._warm:  # one host thread per GPU: the GPUs run at the same time
+            results = list(self._pool.map(lambda i: self._term(i, vectors), indices))
+        else:  # first call in turn, so that Triton compiles each kernel once
+            results = [self._term(i, vectors) for i in indices]
+            self._warm = True
         total = cp.zeros((self.n_samples, vectors.shape[1]), dtype=cp.float64)
-        for result in pending:
-            total += result if result.device.id == home else cp.array(result)
+        for result in results:  # every term is finished: the peer copies are safe
+            total += cp.array(result)
         progress.update(self.n_snps)
         if not sum_squares:
             return total
