@@ -66,6 +66,12 @@ if enabled("genotype") and config["genotype"]["source"] == "bed":
     INPUT_FILES += [
         ("genotype.bed", bed[:-4] + ext) for ext in (".bed", ".bim", ".fam")
     ]
+if enabled("genotype") and config["genotype"]["source"] == "vcf":
+    if not config["genotype"]["vcf"]:
+        fail(
+            "config key 'genotype.vcf' is empty but genotype.source is 'vcf'; give its path"
+        )
+    INPUT_FILES.append(("genotype.vcf", config["genotype"]["vcf"]))
 try:
     check_input_paths(INPUT_FILES)
 except ConfigError as error:
@@ -155,12 +161,14 @@ def singlecell_raw(wildcards):
 
 
 def genotype_fileset(wildcards):
-    """The .bed/.bim/.fam the genotype rules read: simulated or configured."""
+    """The .bed/.bim/.fam the genotype rules read: simulated, imported or configured."""
     source = config["genotype"]["source"]
     if source == "bed":
         prefix = config["genotype"]["bed"][: -len(".bed")]
     else:
-        name = "simulated" if source == "simulate" else "msprime"
+        name = {"simulate": "simulated", "msprime": "msprime", "vcf": "imported"}[
+            source
+        ]
         prefix = out("genotype", name).format(dataset=wildcards.dataset)
     return {ext: f"{prefix}.{ext}" for ext in ("bed", "bim", "fam")}
 
@@ -172,7 +180,7 @@ def genotype_pca_inputs(wildcards):
         for ext in ("bed", "bim", "fam")
     }
     source = config["genotype"]["source"]
-    if source != "bed":
+    if source in ("simulate", "msprime"):
         name = "simulated" if source == "simulate" else "msprime"
         inputs["populations"] = out("genotype", f"{name}.populations.tsv").format(
             dataset=wildcards.dataset

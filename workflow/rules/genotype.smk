@@ -53,6 +53,30 @@ rule genotype_simulate_msprime:
         "../scripts/genotype_simulate_msprime.py"
 
 
+rule genotype_import_vcf:
+    input:
+        vcf=lambda wildcards: config["genotype"]["vcf"],
+    output:
+        bed=out("genotype", "imported.bed"),
+        bim=out("genotype", "imported.bim"),
+        fam=out("genotype", "imported.fam"),
+        provenance=out("genotype", "provenance/import_vcf.provenance.json"),
+    log:
+        log_path("genotype", "import_vcf"),
+    benchmark:
+        benchmark_path("genotype", "import_vcf")
+    conda:
+        "../envs/cpu.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=120,
+    params:
+        backend="cpu",
+    script:
+        "../scripts/genotype_import_vcf.py"
+
+
 rule genotype_stats:
     input:
         unpack(genotype_fileset),
@@ -165,12 +189,14 @@ TARGETS["genotype"] += [
     (done("genotype", "provenance/pca.provenance.json"), "Provenance of the PCA."),
 ]
 if config["genotype"]["source"] != "bed":
-    SIMULATOR = (
-        "simulate" if config["genotype"]["source"] == "simulate" else "simulate_msprime"
-    )
+    MAKER = {
+        "simulate": "simulate",
+        "msprime": "simulate_msprime",
+        "vcf": "import_vcf",
+    }[config["genotype"]["source"]]
     TARGETS["genotype"].append(
         (
-            done("genotype", f"provenance/{SIMULATOR}.provenance.json"),
-            "Provenance of the simulated genotypes.",
+            done("genotype", f"provenance/{MAKER}.provenance.json"),
+            "Provenance of the genotypes (simulated or imported).",
         )
     )
