@@ -174,10 +174,9 @@ def genotype_fileset(wildcards):
 
 
 def genotype_pca_inputs(wildcards):
-    """The QC'd fileset, plus the simulators' population table when there is one."""
+    """The QC'd genotype store, plus the simulators' population table when there is one."""
     inputs = {
-        ext: out("genotype", f"qc/genotypes.{ext}").format(dataset=wildcards.dataset)
-        for ext in ("bed", "bim", "fam")
+        "store": out("genotype", "qc/genotypes.zarr").format(dataset=wildcards.dataset)
     }
     source = config["genotype"]["source"]
     if source in ("simulate", "msprime"):

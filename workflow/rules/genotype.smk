@@ -138,6 +138,31 @@ rule genotype_qc:
         "../scripts/genotype_qc.py"
 
 
+rule genotype_store:
+    input:
+        bed=out("genotype", "qc/genotypes.bed"),
+        bim=out("genotype", "qc/genotypes.bim"),
+        fam=out("genotype", "qc/genotypes.fam"),
+    output:
+        store=directory(out("genotype", "qc/genotypes.zarr")),
+        provenance=out("genotype", "provenance/store.provenance.json"),
+    log:
+        log_path("genotype", "store"),
+    benchmark:
+        benchmark_path("genotype", "store")
+    conda:
+        "../envs/cpu.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=60,
+    params:
+        chunk_snps=65536,
+        backend="cpu",
+    script:
+        "../scripts/genotype_store.py"
+
+
 rule genotype_pca:
     input:
         unpack(genotype_pca_inputs),
@@ -182,6 +207,8 @@ TARGETS["genotype"] += [
     ),
     (done("genotype", "qc/summary.tsv"), "Samples and variants removed by QC."),
     (done("genotype", "provenance/qc.provenance.json"), "Provenance of the QC step."),
+    (done("genotype", "qc/genotypes.zarr"), "QC'd genotypes, 2-bit Zarr store."),
+    (done("genotype", "provenance/store.provenance.json"), "Provenance of the store."),
     (done("genotype", "pca/genotypes.eigenvec"), "PCs per sample (plink2 .eigenvec)."),
     (done("genotype", "pca/genotypes.eigenval"), "Eigenvalues (plink2 .eigenval)."),
     (done("genotype", "pca/variance.tsv"), "Explained variance per PC."),

@@ -300,15 +300,15 @@ def population_labels(samples, population_file: str | None) -> list[str]:
 
 
 def pca_step(ctx) -> dict:
-    """Snakemake step: a QC'd fileset -> .eigenvec, .eigenval, variance table, plots."""
+    """Snakemake step: the QC'd genotype store -> .eigenvec, .eigenval, variance, plots."""
     import pandas as pd
 
-    from warpbio.genotype.plink import read_bed
     from warpbio.genotype.stats import allele_frequency_table, count_genotypes
+    from warpbio.genotype.store import read_store
     from warpbio.io import atomic_write
 
     settings = dict(ctx.params.pca)
-    bed = read_bed(str(ctx.input.bed)[: -len(".bed")])
+    bed = read_store(ctx.input.store)
     method = settings["method"]
     if method == "auto":
         method = "exact" if bed.n_samples <= int(settings["exact_max_samples"]) else "randomized"
