@@ -116,3 +116,15 @@ def test_trace_from_genotype_counts_equals_decoded_sum():
     )
     decoded = sum(float((block**2).sum()) for _, block in matrix.blocks())
     assert total == pytest.approx(decoded, rel=1e-12)
+
+
+def test_loadings_are_the_snp_space_singular_vectors():
+    dosage, _ = structured_dosage(n_samples=90, n_snps=700)
+    matrix, keep = matrix_of(dosage, dtype=np.float64)
+    result = exact_pca(matrix, 3)
+    loadings = matrix.times(result.eigenvectors) / result.singular_values[None, :]
+    dense = dense_standardized(dosage[keep], frequencies(dosage[keep]))
+    u, _, _ = np.linalg.svd(dense, full_matrices=False)
+    for i in range(3):
+        assert abs(np.dot(loadings[:, i], u[:, i])) > 1 - 1e-9
+    np.testing.assert_allclose(np.linalg.norm(loadings, axis=0), 1, rtol=1e-9)

@@ -43,7 +43,12 @@ def test_vcf_source(tmp_path):
     (tmp_path / "tiny.vcf").write_text("\n".join(lines) + "\n")
     config = {
         "singlecell": {"enabled": False},
-        "genotype": {"dataset": "fromvcf", "source": "vcf", "vcf": str(tmp_path / "tiny.vcf")},
+        "genotype": {
+            "dataset": "fromvcf",
+            "source": "vcf",
+            "vcf": str(tmp_path / "tiny.vcf"),
+            "pca": {"loadings": True},
+        },
     }
     configfile = write_config(tmp_path, config)
     run_snakemake(tmp_path, "--cores", "2", "--configfile", str(configfile))
@@ -51,3 +56,8 @@ def test_vcf_source(tmp_path):
     np.testing.assert_array_equal(decode_genotypes(imported.packed, imported.n_samples), dosage)
     eigenvec = pd.read_csv(tmp_path / "results/genotype/fromvcf/pca/genotypes.eigenvec", sep="\t")
     assert eigenvec["IID"].tolist() == bed.samples["iid"].tolist()
+    loadings = pd.read_csv(
+        tmp_path / "results/genotype/fromvcf/pca/genotypes.eigenvec.var", sep="\t"
+    )
+    assert len(loadings) > 300 and list(loadings.columns[:4]) == ["#CHROM", "ID", "REF", "ALT"]
+    np.testing.assert_allclose((loadings[["PC1", "PC2"]] ** 2).sum(), 1.0, rtol=1e-3)

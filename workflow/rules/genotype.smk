@@ -196,6 +196,31 @@ rule genotype_pca:
         "../scripts/genotype_pca.py"
 
 
+rule genotype_loadings:
+    input:
+        store=out("genotype", "qc/genotypes.zarr"),
+        eigenvec=out("genotype", "pca/genotypes.eigenvec"),
+        eigenval=out("genotype", "pca/genotypes.eigenval"),
+    output:
+        loadings=out("genotype", "pca/genotypes.eigenvec.var"),
+        provenance=out("genotype", "provenance/loadings.provenance.json"),
+    log:
+        log_path("genotype", "loadings"),
+    benchmark:
+        benchmark_path("genotype", "loadings")
+    conda:
+        conda_env("genotype")
+    threads: 4
+    resources:
+        gpu=gpus("genotype"),
+        mem_mb=mem_mb(4000),
+        runtime=60,
+    params:
+        backend=backend("genotype"),
+    script:
+        "../scripts/genotype_loadings.py"
+
+
 TARGETS["genotype"] += [
     (done("genotype", "stats/genotypes.afreq"), "Allele frequencies (plink2 .afreq)."),
     (done("genotype", "stats/genotypes.vmiss"), "Variant missingness (plink2 .vmiss)."),
@@ -227,3 +252,11 @@ if config["genotype"]["source"] != "bed":
             "Provenance of the genotypes (simulated or imported).",
         )
     )
+if config["genotype"]["pca"]["loadings"]:
+    TARGETS["genotype"] += [
+        (done("genotype", "pca/genotypes.eigenvec.var"), "SNP loadings per PC."),
+        (
+            done("genotype", "provenance/loadings.provenance.json"),
+            "Provenance of the loadings.",
+        ),
+    ]

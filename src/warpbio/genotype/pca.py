@@ -103,6 +103,12 @@ class PackedStandardizedMatrix:
             progress.update(block.shape[0])
         return (total, float(to_numpy(squares))) if sum_squares else total
 
+    def times(self, vectors):
+        """A V (SNPs x width), block by block."""
+        xp = self.xp
+        right = xp.asarray(vectors, dtype=self.dtype)
+        return xp.concatenate([block @ right for _, block in self.blocks()])
+
     def gram(self):
         """A^T A (samples x samples) in float64: the exact path for small cohorts."""
         xp = self.xp
@@ -363,3 +369,40 @@ def pca_step(ctx) -> dict:
         "eigenvalues": result.eigenvalues.tolist(),
         "variance_ratio": ratio.tolist(),
     }
+
+
+def loadings_step(ctx) -> dict:
+    """Snakemake step: store + PCs -> SNP loadings (unit-norm SNP-space singular vectors).
+
+    Loading of SNP i on PC j = (A u_j)_i / s_j with s_j^2 = eigenvalue_j x M, the
+    layout of plink2's ``.eigenvec.var``: #CHROM ID REF ALT PC1..PCk.
+    """
+    import pandas as pd
+
+    from warpbio.genotype.stats import count_genotypes
+    from warpbio.genotype.store import read_store
+    from warpbio.io import atomic_write
+
+    bed = read_store(ctx.input.store)
+    eigenvec = pd.read_csv(ctx.input.eigenvec, sep="\t", dtype={"#FID": str, "IID": str})
+    if eigenvec["IID"].tolist() != bed.samples["iid"].tolist():
+        raise ValueError(f"{ctx.input.eigenvec}: samples differ from {ctx.input.store}")
+    pcs = [c for c in eigenvec.columns if c.startswith("PC")]
+    singular = np.sqrt(np.loadtxt(ctx.input.eigenval, ndmin=1) * bed.n_snps)
+    counts = count_genotypes(bed, ctx.xp)
+    table = standardization_table(counts.alt_dosage_sum / (2 * counts.variant_called))
+    matrix = PackedStandardizedMatrix(bed.packed, table, bed.n_samples, ctx.xp)
+    weights = to_numpy(matrix.times(eigenvec[pcs].to_numpy())) / singular[None, :]
+    out = pd.DataFrame(
+        {
+            "#CHROM": bed.variants["chrom"],
+            "ID": bed.variants["id"],
+            "REF": bed.variants["a2"],
+            "ALT": bed.variants["a1"],
+        }
+    )
+    for i, pc in enumerate(pcs):
+        out[pc] = weights[:, i]
+    with atomic_write(ctx.output.loadings) as tmp:
+        out.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    return {"n_variants": bed.n_snps, "pcs": len(pcs)}
