@@ -74,3 +74,39 @@ def test_nothing_left_is_an_error(fileset):
     folder, _ = fileset
     with pytest.raises(ValueError, match=r"relax genotype\.qc"):
         decide(read_bed(folder / "raw"), QcThresholds(min_maf=0.5, max_variant_missing=0.0))
+
+
+def test_ld_pruning_drops_one_of_each_correlated_pair(tmp_path):
+    rng = np.random.default_rng(8)
+    n_samples = 300
+    independent = (rng.random((40, n_samples)) < 0.3).astype(np.int8) + (
+        rng.random((40, n_samples)) < 0.3
+    )
+    dosage = np.repeat(independent, 2, axis=0)  # each SNP twice, side by side: r^2 = 1
+    dosage[1::2][:, :3] = 0  # near-copies
+    variants = pd.DataFrame(
+        {
+            "chrom": "1",
+            "id": [f"v{i}" for i in range(80)],
+            "cm": 0,
+            "pos": np.arange(80) + 1,
+            "a1": "A",
+            "a2": "C",
+        }
+    )
+    samples = pd.DataFrame(
+        {
+            "fid": "f",
+            "iid": [f"s{i}" for i in range(n_samples)],
+            "father": 0,
+            "mother": 0,
+            "sex": 0,
+            "phenotype": -9,
+        }
+    )
+    write_bed(tmp_path / "ld", dosage, variants, samples)
+    prune = {"enabled": True, "window": 10, "step": 3, "r2": 0.5}
+    decision = decide(read_bed(tmp_path / "ld"), QcThresholds(min_maf=0.0, ld_prune=prune))
+    kept = decision.keep_variants.reshape(40, 2)
+    assert (kept.sum(1) == 1).all()  # exactly one of each pair
+    assert decision.removed["variants_ld"] == 40

@@ -1,10 +1,15 @@
-"""Genotype QC: sample call rate, variant call rate, MAF and monomorphic filters.
+"""Genotype QC: sample call rate, variant call rate, MAF and monomorphic filters,
+and optional LD pruning.
 
 Order as in plink2: samples with too many missing calls go first, then
 variant statistics are taken over the kept samples and variants are filtered
 on missingness and minor allele frequency (monomorphic variants always go:
-they cannot be standardized). The kept genotypes are written as a new PLINK
-fileset; when no sample is dropped, kept SNP records are copied packed.
+they cannot be standardized). LD pruning, when enabled, then works like plink's
+``--indep-pairwise window step r2`` within each chromosome: in windows of
+``window`` variants moved by ``step``, of each pair with r^2 above ``r2`` the
+variant with the lower MAF goes (r from mean-imputed standardized genotypes).
+The kept genotypes are written as a new PLINK fileset; when no sample is
+dropped, kept SNP records are copied packed.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class QcThresholds:
     min_maf: float = 0.01
     max_variant_missing: float = 0.05
     max_sample_missing: float = 0.10
+    ld_prune: dict | None = None  # {enabled, window, step, r2}
 
 
 @dataclass
@@ -94,7 +100,53 @@ def decide(
     }
     if not keep_variants.any():
         raise ValueError(f"QC removed every variant ({removed}); relax genotype.qc thresholds")
+    prune = thresholds.ld_prune or {}
+    if prune.get("enabled"):
+        pruned = ld_prune(
+            bed, keep_variants, keep_samples, freq, prune["window"], prune["step"], prune["r2"]
+        )
+        removed["variants_ld"] = int((keep_variants & ~pruned).sum())
+        keep_variants = pruned
     return QcDecision(keep_samples, keep_variants, freq, removed)
+
+
+def ld_prune(
+    bed: BedFile,
+    keep_variants: np.ndarray,
+    keep_samples: np.ndarray,
+    freq: np.ndarray,
+    window: int = 50,
+    step: int = 5,
+    r2: float = 0.2,
+) -> np.ndarray:
+    """Variants left after windowed pairwise LD pruning (see module docstring)."""
+    from warpbio.genotype.pca import decode_standardized, standardization_table
+
+    keep = keep_variants.copy()
+    maf = np.minimum(freq, 1 - freq)
+    columns = np.flatnonzero(keep_samples)
+    chromosomes = bed.variants["chrom"].to_numpy()
+    candidates = np.flatnonzero(keep_variants)
+    progress = Progress("LD pruning", candidates.size, unit="variants")
+    for chrom in pd.unique(chromosomes[candidates]):
+        rows = candidates[chromosomes[candidates] == chrom]
+        for start in range(0, max(rows.size - 1, 1), step):
+            window_rows = rows[start : start + window]
+            window_rows = window_rows[keep[window_rows]]
+            if window_rows.size < 2:
+                continue
+            table = standardization_table(freq[window_rows], np.float64)
+            values = decode_standardized(np.asarray(bed.packed[window_rows]), table, bed.n_samples)
+            values = values[:, columns]
+            norms = np.sqrt((values**2).sum(1))
+            r = (values @ values.T) / np.outer(norms, norms)
+            for i in range(window_rows.size):
+                for j in range(i + 1, window_rows.size):
+                    a, b = window_rows[i], window_rows[j]
+                    if keep[a] and keep[b] and r[i, j] ** 2 > r2:
+                        keep[b if maf[b] <= maf[a] else a] = False
+            progress.update(min(step, rows.size - start))
+    return keep
 
 
 def write_filtered(
