@@ -1,9 +1,10 @@
 import numpy as np
-import pandas as pd
 import pytest
 
 from warpbio.genotype.plink import decode_genotypes, read_bed, write_bed
 from warpbio.genotype.qc import QcThresholds, decide, write_filtered
+
+from .test_plink import tables
 
 
 @pytest.fixture
@@ -19,26 +20,7 @@ def fileset(tmp_path):
     dosage[1, 0] = 1  # MAF 1/80 < 0.05
     dosage[2, :10] = -1  # 25% missing
     dosage[:, 3][rng.random(n_snps) < 0.5] = -1  # sample 3: ~50% missing
-    variants = pd.DataFrame(
-        {
-            "chrom": "1",
-            "id": [f"v{i}" for i in range(n_snps)],
-            "cm": 0,
-            "pos": np.arange(n_snps) + 1,
-            "a1": "A",
-            "a2": "C",
-        }
-    )
-    samples = pd.DataFrame(
-        {
-            "fid": "f",
-            "iid": [f"s{i}" for i in range(n_samples)],
-            "father": 0,
-            "mother": 0,
-            "sex": 0,
-            "phenotype": -9,
-        }
-    )
+    variants, samples = tables(n_snps, n_samples)
     write_bed(tmp_path / "raw", dosage, variants, samples)
     return tmp_path, dosage
 
@@ -67,7 +49,7 @@ def test_filtered_fileset_holds_exactly_the_kept_genotypes(fileset):
     qc = read_bed(folder / "qc")
     expected = dosage[decision.keep_variants][:, decision.keep_samples]
     np.testing.assert_array_equal(decode_genotypes(qc.packed, qc.n_samples), expected)
-    assert qc.samples["iid"].tolist() == [f"s{i}" for i in range(40) if i != 3]
+    assert qc.samples["iid"].tolist() == [f"i{i}" for i in range(40) if i != 3]
 
 
 def test_nothing_left_is_an_error(fileset):
@@ -84,26 +66,7 @@ def test_ld_pruning_drops_one_of_each_correlated_pair(tmp_path):
     )
     dosage = np.repeat(independent, 2, axis=0)  # each SNP twice, side by side: r^2 = 1
     dosage[1::2][:, :3] = 0  # near-copies
-    variants = pd.DataFrame(
-        {
-            "chrom": "1",
-            "id": [f"v{i}" for i in range(80)],
-            "cm": 0,
-            "pos": np.arange(80) + 1,
-            "a1": "A",
-            "a2": "C",
-        }
-    )
-    samples = pd.DataFrame(
-        {
-            "fid": "f",
-            "iid": [f"s{i}" for i in range(n_samples)],
-            "father": 0,
-            "mother": 0,
-            "sex": 0,
-            "phenotype": -9,
-        }
-    )
+    variants, samples = tables(80, n_samples)
     write_bed(tmp_path / "ld", dosage, variants, samples)
     prune = {"enabled": True, "window": 10, "step": 3, "r2": 0.5}
     decision = decide(read_bed(tmp_path / "ld"), QcThresholds(min_maf=0.0, ld_prune=prune))
