@@ -53,21 +53,6 @@ class QcDecision:
     removed: dict[str, int]
 
 
-def _counts_over(bed: BedFile, samples: np.ndarray, xp: ModuleType, block_snps: int):
-    """ALT dosage sums and called counts per variant over the chosen samples."""
-    alt = np.zeros(bed.n_snps, dtype=np.int64)
-    called = np.zeros(bed.n_snps, dtype=np.int64)
-    columns = xp.asarray(np.flatnonzero(samples))
-    for start in range(0, bed.n_snps, block_snps):
-        stop = min(start + block_snps, bed.n_snps)
-        dosage = decode_genotypes(np.asarray(bed.packed[start:stop]), bed.n_samples, xp)
-        dosage = dosage[:, columns]
-        present = dosage >= 0
-        alt[start:stop] = to_numpy(xp.where(present, dosage, 0).sum(axis=1, dtype=xp.int64))
-        called[start:stop] = to_numpy(present.sum(axis=1))
-    return alt, called
-
-
 def decide(
     bed: BedFile, thresholds: QcThresholds, xp: ModuleType = np, block_snps: int = 16384
 ) -> QcDecision:
@@ -79,10 +64,9 @@ def decide(
             f"every sample has more than {thresholds.max_sample_missing:.0%} missing calls; "
             "check the input or raise genotype.qc.max_sample_missing"
         )
-    if keep_samples.all():
-        alt, called = counts.alt_dosage_sum, counts.variant_called
-    else:
-        alt, called = _counts_over(bed, keep_samples, xp, block_snps)
+    if not keep_samples.all():
+        counts = count_genotypes(bed, xp, block_snps, samples=keep_samples)
+    alt, called = counts.alt_dosage_sum, counts.variant_called
     n_kept = int(keep_samples.sum())
     with np.errstate(invalid="ignore", divide="ignore"):
         freq = np.where(called > 0, alt / np.maximum(2 * called, 1), np.nan)

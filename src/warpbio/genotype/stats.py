@@ -28,17 +28,28 @@ class GenotypeCounts:
     sample_missing: np.ndarray  # per sample, number of missing calls
 
 
-def count_genotypes(bed: BedFile, xp: ModuleType = np, block_snps: int = 16384) -> GenotypeCounts:
+def count_genotypes(
+    bed: BedFile, xp: ModuleType = np, block_snps: int = 16384, samples: np.ndarray | None = None
+) -> GenotypeCounts:
+    """Per-variant ALT sums and called counts, per-sample missing counts.
+
+    ``samples`` (a boolean mask) restricts the counts to those samples; the
+    per-sample counts then cover just them.
+    """
+    columns = None if samples is None else xp.asarray(np.flatnonzero(samples))
+    n_samples = bed.n_samples if samples is None else int(np.sum(samples))
     alt = np.zeros(bed.n_snps, dtype=np.int64)
     called = np.zeros(bed.n_snps, dtype=np.int64)
-    sample_missing = xp.zeros(bed.n_samples, dtype=xp.int64)
+    sample_missing = xp.zeros(n_samples, dtype=xp.int64)
     progress = Progress("count genotypes", bed.n_snps, unit="SNPs")
     for start in range(0, bed.n_snps, block_snps):
         stop = min(start + block_snps, bed.n_snps)
         dosage = decode_genotypes(np.asarray(bed.packed[start:stop]), bed.n_samples, xp)
+        if columns is not None:
+            dosage = dosage[:, columns]
         missing = dosage < 0
         alt[start:stop] = to_numpy(xp.where(missing, 0, dosage).sum(axis=1, dtype=xp.int64))
-        called[start:stop] = bed.n_samples - to_numpy(missing.sum(axis=1))
+        called[start:stop] = n_samples - to_numpy(missing.sum(axis=1))
         sample_missing += missing.sum(axis=0)
         progress.update(stop - start)
     return GenotypeCounts(alt, called, to_numpy(sample_missing).astype(np.int64))
