@@ -372,8 +372,7 @@ def cpu_versus_plink2(args) -> None:
 
     def ours():
         bed = read_bed(folder / "data")
-        counts = count_genotypes(bed)
-        freq = counts.alt_dosage_sum / (2 * counts.variant_called)
+        freq = count_genotypes(bed).alt_frequency
         matrix = PackedStandardizedMatrix(bed.packed, standardization_table(freq), bed.n_samples)
         return matrix, randomized_pca(matrix, args.k, power_iterations=args.q, seed=0)
 

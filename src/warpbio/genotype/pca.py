@@ -309,7 +309,7 @@ def pca_step(ctx) -> dict:
     """Snakemake step: the QC'd genotype store -> .eigenvec, .eigenval, variance, plots."""
     import pandas as pd
 
-    from warpbio.genotype.stats import allele_frequency_table, count_genotypes
+    from warpbio.genotype.stats import count_genotypes
     from warpbio.genotype.store import read_store
     from warpbio.io import atomic_write
 
@@ -329,7 +329,7 @@ def pca_step(ctx) -> dict:
         )
     else:
         packed = bed.packed if xp is np else xp.asarray(np.asarray(bed.packed))
-        freq = allele_frequency_table(bed, count_genotypes(bed, xp))["ALT_FREQS"].to_numpy()
+        freq = count_genotypes(bed, xp).alt_frequency
         matrix = PackedStandardizedMatrix(
             packed, standardization_table(freq), bed.n_samples, xp, int(settings["block_snps"])
         )
@@ -389,8 +389,7 @@ def loadings_step(ctx) -> dict:
         raise ValueError(f"{ctx.input.eigenvec}: samples differ from {ctx.input.store}")
     pcs = [c for c in eigenvec.columns if c.startswith("PC")]
     singular = np.sqrt(np.loadtxt(ctx.input.eigenval, ndmin=1) * bed.n_snps)
-    counts = count_genotypes(bed, ctx.xp)
-    table = standardization_table(counts.alt_dosage_sum / (2 * counts.variant_called))
+    table = standardization_table(count_genotypes(bed, ctx.xp).alt_frequency)
     matrix = PackedStandardizedMatrix(bed.packed, table, bed.n_samples, ctx.xp)
     weights = to_numpy(matrix.times(eigenvec[pcs].to_numpy())) / singular[None, :]
     out = pd.DataFrame(

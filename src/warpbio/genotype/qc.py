@@ -66,10 +66,9 @@ def decide(
         )
     if not keep_samples.all():
         counts = count_genotypes(bed, xp, block_snps, samples=keep_samples)
-    alt, called = counts.alt_dosage_sum, counts.variant_called
+    called = counts.variant_called
     n_kept = int(keep_samples.sum())
-    with np.errstate(invalid="ignore", divide="ignore"):
-        freq = np.where(called > 0, alt / np.maximum(2 * called, 1), np.nan)
+    freq = counts.alt_frequency
     maf = np.minimum(freq, 1 - freq)
     missing = 1 - called / n_kept
     too_missing = missing > thresholds.max_variant_missing

@@ -27,6 +27,13 @@ class GenotypeCounts:
     variant_called: np.ndarray  # per variant, number of called samples
     sample_missing: np.ndarray  # per sample, number of missing calls
 
+    @property
+    def alt_frequency(self) -> np.ndarray:
+        """ALT allele frequency per variant over its called samples (NaN if none)."""
+        obs = 2 * self.variant_called
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(obs > 0, self.alt_dosage_sum / np.maximum(obs, 1), np.nan)
+
 
 def count_genotypes(
     bed: BedFile, xp: ModuleType = np, block_snps: int = 16384, samples: np.ndarray | None = None
@@ -57,17 +64,14 @@ def count_genotypes(
 
 def allele_frequency_table(bed: BedFile, counts: GenotypeCounts) -> pd.DataFrame:
     """plink2 .afreq: #CHROM ID REF ALT ALT_FREQS OBS_CT (A1 is ALT, A2 REF)."""
-    obs = 2 * counts.variant_called
-    with np.errstate(invalid="ignore", divide="ignore"):
-        freq = np.where(obs > 0, counts.alt_dosage_sum / np.maximum(obs, 1), np.nan)
     return pd.DataFrame(
         {
             "#CHROM": bed.variants["chrom"].to_numpy(),
             "ID": bed.variants["id"].to_numpy(),
             "REF": bed.variants["a2"].to_numpy(),
             "ALT": bed.variants["a1"].to_numpy(),
-            "ALT_FREQS": freq,
-            "OBS_CT": obs,
+            "ALT_FREQS": counts.alt_frequency,
+            "OBS_CT": 2 * counts.variant_called,
         }
     )
 
