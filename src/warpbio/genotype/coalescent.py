@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from warpbio.genotype.plink import MISSING, write_bed
+from warpbio.genotype.simulate import samples_of_populations
 
 log = logging.getLogger(__name__)
 
@@ -107,22 +108,7 @@ def simulate_coalescent(spec: CoalescentSpec, seed: int):
             "a2": "C",
         }
     )
-    counters: dict[str, int] = {}
-    iids = []
-    for name in populations:
-        counters[name] = counters.get(name, 0) + 1
-        iids.append(f"{name}_{counters[name]}")
-    sample_table = pd.DataFrame(
-        {
-            "fid": populations,
-            "iid": iids,
-            "father": 0,
-            "mother": 0,
-            "sex": 0,
-            "phenotype": -9,
-            "population": populations,
-        }
-    )
+    sample_table = samples_of_populations(populations)
     log.info("msprime: %d sites x %d diploid samples", *dosage.shape)
     return dosage, variants, sample_table
 

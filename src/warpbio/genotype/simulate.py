@@ -93,22 +93,26 @@ def variant_table(spec: BaldingNicholsSpec, rng: np.random.Generator) -> pd.Data
 
 
 def sample_table(spec: BaldingNicholsSpec) -> pd.DataFrame:
-    labels = population_labels(spec)
-    names = [f"pop{k + 1}" for k in labels]
+    return samples_of_populations([f"pop{k + 1}" for k in population_labels(spec)])
+
+
+def samples_of_populations(populations: list[str]) -> pd.DataFrame:
+    """.fam columns plus ``population`` for simulated samples: FID = population,
+    IID = population_<number within it>."""
     counters: dict[str, int] = {}
     iids = []
-    for name in names:
+    for name in populations:
         counters[name] = counters.get(name, 0) + 1
         iids.append(f"{name}_{counters[name]}")
     return pd.DataFrame(
         {
-            "fid": names,
+            "fid": populations,
             "iid": iids,
             "father": 0,
             "mother": 0,
             "sex": 0,
             "phenotype": -9,
-            "population": names,
+            "population": populations,
         }
     )
 
