@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from warpbio.genotype.plink import MISSING, write_bed
+from warpbio.genotype.plink import MISSING, fileset_prefix, write_bed
 from warpbio.genotype.simulate import samples_of_populations
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def simulate_step(ctx) -> dict:
     from warpbio.io import atomic_write
 
     spec = CoalescentSpec(**dict(ctx.params.simulation))
-    prefix = str(ctx.output.bed)[: -len(".bed")]
+    prefix = fileset_prefix(ctx.output.bed)
     samples = simulate_coalescent_bed(prefix, spec, seed=int(ctx.seed))
     with atomic_write(ctx.output.populations) as tmp:
         samples[["fid", "iid", "population"]].to_csv(tmp, sep="\t", index=False)

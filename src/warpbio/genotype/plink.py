@@ -40,6 +40,14 @@ def fileset_path(prefix: str | os.PathLike, extension: str) -> Path:
     return Path(f"{os.fspath(prefix)}{extension}")
 
 
+def fileset_prefix(bed_path: str | os.PathLike) -> str:
+    """The fileset prefix of a ``.bed`` path (Snakemake rules name the .bed itself)."""
+    path = os.fspath(bed_path)
+    if not path.endswith(".bed"):
+        raise ValueError(f"{path}: expected a path ending in .bed")
+    return path[: -len(".bed")]
+
+
 def bytes_per_snp(n_samples: int) -> int:
     return (n_samples + 3) // 4
 

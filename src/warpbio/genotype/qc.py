@@ -27,6 +27,7 @@ from warpbio.genotype.plink import (
     BedWriter,
     decode_genotypes,
     fileset_path,
+    fileset_prefix,
     pack_genotypes,
     read_bed,
     write_tables,
@@ -161,10 +162,10 @@ def qc_step(ctx) -> dict:
     """Snakemake step: a fileset -> the QC'd fileset and a table of what was removed."""
     from warpbio.io import atomic_write
 
-    bed = read_bed(str(ctx.input.bed)[: -len(".bed")])
+    bed = read_bed(fileset_prefix(ctx.input.bed))
     thresholds = QcThresholds(**dict(ctx.params.thresholds))
     decision = decide(bed, thresholds, ctx.xp)
-    prefix = str(ctx.output.bed)[: -len(".bed")]
+    prefix = fileset_prefix(ctx.output.bed)
     write_filtered(bed, decision, prefix, ctx.xp)
     summary = {
         "samples_in": bed.n_samples,

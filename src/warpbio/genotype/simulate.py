@@ -19,7 +19,14 @@ from types import ModuleType
 import numpy as np
 import pandas as pd
 
-from warpbio.genotype.plink import MISSING, BedWriter, fileset_path, pack_genotypes, write_tables
+from warpbio.genotype.plink import (
+    MISSING,
+    BedWriter,
+    fileset_path,
+    fileset_prefix,
+    pack_genotypes,
+    write_tables,
+)
 from warpbio.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -144,7 +151,7 @@ def simulate_step(ctx) -> dict:
     from warpbio.io import atomic_write
 
     spec = BaldingNicholsSpec(**dict(ctx.params.simulation))
-    prefix = str(ctx.output.bed)[: -len(".bed")]
+    prefix = fileset_prefix(ctx.output.bed)
     samples = simulate_to_bed(prefix, spec, seed=int(ctx.seed), xp=ctx.xp)
     with atomic_write(ctx.output.populations) as tmp:
         samples[["fid", "iid", "population"]].to_csv(tmp, sep="\t", index=False)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from warpbio.device import to_numpy
-from warpbio.genotype.plink import BedFile, decode_genotypes, read_bed
+from warpbio.genotype.plink import BedFile, decode_genotypes, fileset_prefix, read_bed
 from warpbio.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def stats_step(ctx) -> dict:
     """Snakemake step: a .bed fileset -> .afreq, .vmiss, .smiss and a plot."""
     from warpbio.io import atomic_write
 
-    prefix = str(ctx.input.bed)[: -len(".bed")]
+    prefix = fileset_prefix(ctx.input.bed)
     bed = read_bed(prefix)
     log.info("read %d variants x %d samples from %s", bed.n_snps, bed.n_samples, prefix)
     counts = count_genotypes(bed, ctx.xp)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from warpbio.genotype.plink import BIM_COLUMNS, FAM_COLUMNS, BedFile, bytes_per_snp
+from warpbio.genotype.plink import BIM_COLUMNS, FAM_COLUMNS, BedFile, bytes_per_snp, fileset_prefix
 from warpbio.io import atomic_write
 from warpbio.progress import Progress
 
@@ -98,6 +98,6 @@ def store_step(ctx) -> dict:
     """Snakemake step: a PLINK fileset -> the Zarr store."""
     from warpbio.genotype.plink import read_bed
 
-    bed = read_bed(str(ctx.input.bed)[: -len(".bed")])
+    bed = read_bed(fileset_prefix(ctx.input.bed))
     write_store(bed, ctx.output.store, int(ctx.params.chunk_snps))
     return {"n_snps": bed.n_snps, "n_samples": bed.n_samples}

@@ -17,7 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from warpbio.genotype.plink import MISSING, BedWriter, fileset_path, pack_genotypes, write_tables
+from warpbio.genotype.plink import (
+    MISSING,
+    BedWriter,
+    fileset_path,
+    fileset_prefix,
+    pack_genotypes,
+    write_tables,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,4 +133,4 @@ def vcf_to_bed(path: str | os.PathLike, prefix: str | os.PathLike, block: int = 
 
 def import_step(ctx) -> dict:
     """Snakemake step: ``input.vcf`` -> ``output.bed/bim/fam``."""
-    return vcf_to_bed(ctx.input.vcf, str(ctx.output.bed)[: -len(".bed")])
+    return vcf_to_bed(ctx.input.vcf, fileset_prefix(ctx.output.bed))
