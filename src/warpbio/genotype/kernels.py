@@ -22,6 +22,13 @@ bit position) so that each decoded sub-tile meets its own contiguous slice.
 accumulation: tf32's 10-bit mantissa at twice its rate), ``tf32`` (tensor
 cores, ~1e-3 relative per product), ``tf32x3`` (three tf32 products, near
 float32) or ``ieee`` (plain float32 FMA, slowest).
+
+Decoding is what bounds these kernels (the tensor cores and memory idle), so
+the fp16 path decodes with PTX byte permutes: a SNP's four float16 table
+entries sit in two 32-bit registers and ``prmt`` picks the two bytes of entry
+``code`` (about 4 instructions a genotype against ~20 for compare-and-select).
+The counting kernel counts the codes of four bytes (16 genotypes) at once
+with bit masks in one 32-bit register.
 """
 
 from __future__ import annotations
@@ -38,6 +45,68 @@ from warpbio.progress import Progress
 _KERNELS = None
 
 
+# PTX: four packed bytes -> the float16 table entries of their 2-bit codes at a shift.
+# Operands: $0, $1 out (fp16 pairs of elements 0, 1 and 2, 3); $2 the four bytes;
+# $3..$6 and $7..$10 each element's low and high table words (entries 0, 1 and 2, 3);
+# $11 the shift. The four elements may come from different SNPs (Triton picks the
+# register layout), so each has its own table. A selector nibble pair (2c, 2c + 1)
+# picks table entry c: c * 0x22 + 0x10 places it for output bytes 0, 1, and
+# c * 0x2200 + 0x1000 for bytes 2, 3; the last prmt joins the two halves.
+_PRMT_DECODE_ASM = """{ .reg .b32 y, s, a, b;
+shr.b32 y, $2, $11;
+and.b32 s, y, 3;
+mad.lo.u32 s, s, 0x22, 0x10;
+prmt.b32 a, $3, $7, s;
+shr.b32 s, y, 8;
+and.b32 s, s, 3;
+mad.lo.u32 s, s, 0x2200, 0x1000;
+prmt.b32 b, $4, $8, s;
+prmt.b32 $0, a, b, 0x7610;
+shr.b32 s, y, 16;
+and.b32 s, s, 3;
+mad.lo.u32 s, s, 0x22, 0x10;
+prmt.b32 a, $5, $9, s;
+shr.b32 s, y, 24;
+and.b32 s, s, 3;
+mad.lo.u32 s, s, 0x2200, 0x1000;
+prmt.b32 b, $6, $10, s;
+prmt.b32 $1, a, b, 0x7610; }"""
+
+# Per 32-bit register of four bytes (16 codes b1 b0): the counts of code 00 (two
+# ALT), 10 (het) and not-01 (called) in each byte, as four int8 outputs each.
+# A mask t has bits only at even positions: (t + (t >> 2)) & 0x33.. sums them in
+# pairs per nibble, (c + (c >> 4)) & 0x0f.. per byte.
+_COUNT_ASM = """{ .reg .b32 lo, hi, t, c;
+and.b32 lo, $3, 0x55555555;
+shr.b32 hi, $3, 1;
+and.b32 hi, hi, 0x55555555;
+or.b32 t, lo, hi;
+xor.b32 t, t, 0x55555555;
+shr.b32 c, t, 2;
+add.u32 c, c, t;
+and.b32 c, c, 0x33333333;
+shr.b32 t, c, 4;
+add.u32 c, c, t;
+and.b32 $0, c, 0x0f0f0f0f;
+not.b32 t, lo;
+and.b32 t, t, hi;
+shr.b32 c, t, 2;
+add.u32 c, c, t;
+and.b32 c, c, 0x33333333;
+shr.b32 t, c, 4;
+add.u32 c, c, t;
+and.b32 $1, c, 0x0f0f0f0f;
+not.b32 t, hi;
+and.b32 t, t, lo;
+xor.b32 t, t, 0x55555555;
+shr.b32 c, t, 2;
+add.u32 c, c, t;
+and.b32 c, c, 0x33333333;
+shr.b32 t, c, 4;
+add.u32 c, c, t;
+and.b32 $2, c, 0x0f0f0f0f; }"""
+
+
 def _build():
     import triton
     import triton.language as tl
@@ -52,6 +121,23 @@ def _build():
         )
 
     @triton.jit
+    def decode_fp16(packed, shift: tl.constexpr, lo, hi, ASM: tl.constexpr):
+        # lo/hi: (rows,) int32 words holding the SNP's fp16 table entries (0, 1) and (2, 3)
+        return tl.inline_asm_elementwise(
+            ASM,
+            "=r,=r,r,r,r,r,r,r,r,r,r,r,r,r,r",
+            [
+                packed,
+                tl.broadcast_to(lo[:, None], packed.shape),
+                tl.broadcast_to(hi[:, None], packed.shape),
+                tl.full(packed.shape, shift, tl.int32),
+            ],
+            dtype=tl.float16,
+            is_pure=True,
+            pack=4,
+        )
+
+    @triton.jit
     def product(a, b, PRECISION: tl.constexpr):
         # fp16 has tf32's 10-bit mantissa at twice the tensor-core rate
         if PRECISION == "fp16":
@@ -61,30 +147,33 @@ def _build():
         return result
 
     @triton.jit
-    def count_kernel(P, ALT, HET, CALLED, m, nb, n, stride, BM: tl.constexpr, BKB: tl.constexpr):
+    def count_kernel(
+        P, HOMALT, HET, CALLED, m, nb, stride, pad_bits, BM: tl.constexpr, BKB: tl.constexpr,
+        ASM: tl.constexpr,
+    ):  # fmt: skip
         # Elementwise accumulators, reduced once at the end: per-iteration
-        # cross-lane reductions made this kernel 500x slower than its memory floor.
+        # cross-lane reductions made an earlier version 500x slower than its floor.
         rows = tl.program_id(0) * BM + tl.arange(0, BM)
         rmask = rows < m
-        alt = tl.zeros((BM, BKB), tl.int32)
+        homalt = tl.zeros((BM, BKB), tl.int32)
         het = tl.zeros((BM, BKB), tl.int32)
         called = tl.zeros((BM, BKB), tl.int32)
         for k0 in range(0, nb, BKB):
             cols = k0 + tl.arange(0, BKB)
             mask = rmask[:, None] & (cols < nb)[None, :]
             p = tl.load(
-                P + rows.to(tl.int64)[:, None] * stride + cols[None, :],
-                mask=mask,
-                other=1 + 4 + 16 + 64,
+                P + rows.to(tl.int64)[:, None] * stride + cols[None, :], mask=mask, other=0x55
             )
-            for s in tl.static_range(4):
-                code = (p >> (2 * s)) & 3
-                inside = (cols * 4 + s < n)[None, :]
-                present = (code != 1) & inside
-                alt += tl.where(present, tl.where(code == 0, 2, tl.where(code == 2, 1, 0)), 0)
-                het += ((code == 2) & inside).to(tl.int32)
-                called += present.to(tl.int32)
-        tl.store(ALT + rows, tl.sum(alt, axis=1), mask=rmask)
+            # the padding codes of the last byte are 00: count them as missing
+            p = tl.where((cols == nb - 1)[None, :], p | pad_bits.to(tl.uint8), p)
+            a, h, c = tl.inline_asm_elementwise(
+                ASM, "=r,=r,=r,r", [p], dtype=(tl.int8, tl.int8, tl.int8),
+                is_pure=True, pack=4,
+            )  # fmt: skip
+            homalt += a.to(tl.int32)
+            het += h.to(tl.int32)
+            called += c.to(tl.int32)
+        tl.store(HOMALT + rows, tl.sum(homalt, axis=1), mask=rmask)
         tl.store(HET + rows, tl.sum(het, axis=1), mask=rmask)
         tl.store(CALLED + rows, tl.sum(called, axis=1), mask=rmask)
 
@@ -101,37 +190,57 @@ def _build():
         BKB: tl.constexpr,
         L: tl.constexpr,
         PRECISION: tl.constexpr,
+        ASM: tl.constexpr,
     ):
+        # W^T (L x m) = (A V)^T; fp16: T holds two int32 words a SNP, V4 is fp16
         rows = tl.program_id(0) * BM + tl.arange(0, BM)
         rmask = rows < m
-        t0 = tl.load(T + rows.to(tl.int64) * 4 + 0, mask=rmask, other=0.0)
-        t2 = tl.load(T + rows.to(tl.int64) * 4 + 2, mask=rmask, other=0.0)
-        t3 = tl.load(T + rows.to(tl.int64) * 4 + 3, mask=rmask, other=0.0)
         lanes = tl.arange(0, L)
         acc = tl.zeros((BM, L), tl.float32)
-        for k0 in range(0, nb, BKB):
-            cols = k0 + tl.arange(0, BKB)
-            cmask = cols < nb
-            p = tl.load(
-                P + rows.to(tl.int64)[:, None] * stride + cols[None, :],
-                mask=rmask[:, None] & cmask[None, :],
-                other=1 + 4 + 16 + 64,  # "missing" decodes to 0
-            )
-            for s in tl.static_range(4):
-                values = decode(p, 2 * s, t0, t2, t3)
-                v = tl.load(
-                    V4 + s * nb * L + cols[:, None] * L + lanes[None, :],
-                    mask=cmask[:, None],
-                    other=0.0,
+        if PRECISION == "fp16":
+            lo = tl.load(T + rows.to(tl.int64) * 2 + 0, mask=rmask, other=0)
+            hi = tl.load(T + rows.to(tl.int64) * 2 + 1, mask=rmask, other=0)
+            for k0 in range(0, nb, BKB):
+                cols = k0 + tl.arange(0, BKB)
+                cmask = cols < nb
+                p = tl.load(
+                    P + rows.to(tl.int64)[:, None] * stride + cols[None, :],
+                    mask=rmask[:, None] & cmask[None, :],
+                    other=0x55,  # "missing" decodes to 0
                 )
-                acc += product(values, v, PRECISION)
-        tl.store(W + rows.to(tl.int64)[:, None] * L + lanes[None, :], acc, mask=rmask[:, None])
+                for s in tl.static_range(4):
+                    v = tl.load(
+                        V4 + s * nb * L + cols[:, None] * L + lanes[None, :],
+                        mask=cmask[:, None],
+                        other=0.0,
+                    )
+                    acc += tl.dot(decode_fp16(p, 2 * s, lo, hi, ASM), v)
+        else:
+            t0 = tl.load(T + rows.to(tl.int64) * 4 + 0, mask=rmask, other=0.0)
+            t2 = tl.load(T + rows.to(tl.int64) * 4 + 2, mask=rmask, other=0.0)
+            t3 = tl.load(T + rows.to(tl.int64) * 4 + 3, mask=rmask, other=0.0)
+            for k0 in range(0, nb, BKB):
+                cols = k0 + tl.arange(0, BKB)
+                cmask = cols < nb
+                p = tl.load(
+                    P + rows.to(tl.int64)[:, None] * stride + cols[None, :],
+                    mask=rmask[:, None] & cmask[None, :],
+                    other=0x55,
+                )
+                for s in tl.static_range(4):
+                    v = tl.load(
+                        V4 + s * nb * L + cols[:, None] * L + lanes[None, :],
+                        mask=cmask[:, None],
+                        other=0.0,
+                    )
+                    acc += product(decode(p, 2 * s, t0, t2, t3), v, PRECISION)
+        tl.store(W + lanes[None, :].to(tl.int64) * m + rows[:, None], acc, mask=rmask[:, None])
 
     @triton.jit
     def transpose_times_kernel(
         P,
         T,
-        W,
+        WT,
         Z4,
         m,
         nb,
@@ -141,40 +250,51 @@ def _build():
         BKB: tl.constexpr,
         L: tl.constexpr,
         PRECISION: tl.constexpr,
+        ASM: tl.constexpr,
     ):
+        # Z^T slices = W^T A: the decoded tile is the right operand, so it needs no
+        # transpose (13% faster than A^T W on an H100).
         cols = tl.program_id(0) * BKB + tl.arange(0, BKB)
         cmask = cols < nb
         split = tl.program_id(1)
         first = split * rows_per_split
         last = tl.minimum(first + rows_per_split, m)
         lanes = tl.arange(0, L)
-        acc0 = tl.zeros((BKB, L), tl.float32)
-        acc1 = tl.zeros((BKB, L), tl.float32)
-        acc2 = tl.zeros((BKB, L), tl.float32)
-        acc3 = tl.zeros((BKB, L), tl.float32)
+        acc0 = tl.zeros((L, BKB), tl.float32)
+        acc1 = tl.zeros((L, BKB), tl.float32)
+        acc2 = tl.zeros((L, BKB), tl.float32)
+        acc3 = tl.zeros((L, BKB), tl.float32)
         for r0 in range(first, last, BM):
             rows = r0 + tl.arange(0, BM)
             rmask = rows < last
-            t0 = tl.load(T + rows.to(tl.int64) * 4 + 0, mask=rmask, other=0.0)
-            t2 = tl.load(T + rows.to(tl.int64) * 4 + 2, mask=rmask, other=0.0)
-            t3 = tl.load(T + rows.to(tl.int64) * 4 + 3, mask=rmask, other=0.0)
             p = tl.load(
                 P + rows.to(tl.int64)[:, None] * stride + cols[None, :],
                 mask=rmask[:, None] & cmask[None, :],
-                other=1 + 4 + 16 + 64,
+                other=0x55,
             )
             w = tl.load(
-                W + rows.to(tl.int64)[:, None] * L + lanes[None, :], mask=rmask[:, None], other=0.0
+                WT + lanes[:, None].to(tl.int64) * m + rows[None, :], mask=rmask[None, :], other=0.0
             )
-            acc0 += product(tl.trans(decode(p, 0, t0, t2, t3)), w, PRECISION)
-            acc1 += product(tl.trans(decode(p, 2, t0, t2, t3)), w, PRECISION)
-            acc2 += product(tl.trans(decode(p, 4, t0, t2, t3)), w, PRECISION)
-            acc3 += product(tl.trans(decode(p, 6, t0, t2, t3)), w, PRECISION)
-        base = Z4 + split * 4 * nb * L + cols[:, None] * L + lanes[None, :]
-        tl.store(base + 0 * nb * L, acc0, mask=cmask[:, None])
-        tl.store(base + 1 * nb * L, acc1, mask=cmask[:, None])
-        tl.store(base + 2 * nb * L, acc2, mask=cmask[:, None])
-        tl.store(base + 3 * nb * L, acc3, mask=cmask[:, None])
+            if PRECISION == "fp16":
+                lo = tl.load(T + rows.to(tl.int64) * 2 + 0, mask=rmask, other=0)
+                hi = tl.load(T + rows.to(tl.int64) * 2 + 1, mask=rmask, other=0)
+                acc0 += tl.dot(w, decode_fp16(p, 0, lo, hi, ASM))
+                acc1 += tl.dot(w, decode_fp16(p, 2, lo, hi, ASM))
+                acc2 += tl.dot(w, decode_fp16(p, 4, lo, hi, ASM))
+                acc3 += tl.dot(w, decode_fp16(p, 6, lo, hi, ASM))
+            else:
+                t0 = tl.load(T + rows.to(tl.int64) * 4 + 0, mask=rmask, other=0.0)
+                t2 = tl.load(T + rows.to(tl.int64) * 4 + 2, mask=rmask, other=0.0)
+                t3 = tl.load(T + rows.to(tl.int64) * 4 + 3, mask=rmask, other=0.0)
+                acc0 += product(w, decode(p, 0, t0, t2, t3), PRECISION)
+                acc1 += product(w, decode(p, 2, t0, t2, t3), PRECISION)
+                acc2 += product(w, decode(p, 4, t0, t2, t3), PRECISION)
+                acc3 += product(w, decode(p, 6, t0, t2, t3), PRECISION)
+        base = Z4 + split * 4 * nb * L + cols[None, :] * L + lanes[:, None]
+        tl.store(base + 0 * nb * L, acc0, mask=cmask[None, :])
+        tl.store(base + 1 * nb * L, acc1, mask=cmask[None, :])
+        tl.store(base + 2 * nb * L, acc2, mask=cmask[None, :])
+        tl.store(base + 3 * nb * L, acc3, mask=cmask[None, :])
 
     return count_kernel, times_vectors_kernel, transpose_times_kernel
 
@@ -205,13 +325,16 @@ def count_genotypes(
 
     count_kernel, _, _ = _kernels()
     m, nb = packed.shape
-    alt, het, called = (cp.empty(m, dtype=cp.int32) for _ in range(3))
+    homalt, het, called = (cp.empty(m, dtype=cp.int32) for _ in range(3))
+    tail = n_samples % 4  # codes past the last sample are padding (00): mark them missing
+    pad_bits = (0x55 << (2 * tail)) & 0xFF if tail else 0
     grid = (math.ceil(m / block_rows),)
     count_kernel[grid](
-        *_views(packed, alt, het, called), m, nb, n_samples, packed.strides[0], block_rows,
-        block_bytes, num_warps=warps,
+        *_views(packed, homalt, het, called), m, nb, packed.strides[0], pad_bits, block_rows,
+        block_bytes, _COUNT_ASM, num_warps=warps,
     )  # fmt: skip
-    return alt.astype(cp.int64), het.astype(cp.int64), called.astype(cp.int64)
+    het = het.astype(cp.int64)
+    return 2 * homalt.astype(cp.int64) + het, het, called.astype(cp.int64)
 
 
 def sum_of_squares(table, alt, het, called) -> float:
@@ -230,7 +353,9 @@ class TritonPackedMatrix:
 
     ``packed`` is a CuPy (SNPs x bytes) uint8 array on the GPU; ``table`` the
     (SNPs x 4) standardization table. ``gram_times`` returns A^T (A V) as the
-    CPU class does (float64), computed by the two fused kernels.
+    CPU class does (float64), computed by the two fused kernels. ``counts``, the
+    (alt, het, called) of :func:`count_genotypes` that made the table, spare a
+    counting read for the sum of squares.
     """
 
     packed: object
@@ -239,9 +364,10 @@ class TritonPackedMatrix:
     precision: str = "fp16"
     splits: int = 0  # SNP splits of A^T W; 0 = enough programs to fill the GPU
     # (rows, bytes, warps, stages) tiles of A V and of A^T W
-    # defaults: the fastest of benchmarks/genotype.py --tune on an H100 (2026-11-22)
-    times_tiles: tuple[int, int, int, int] = (128, 32, 4, 3)
-    transpose_tiles: tuple[int, int, int, int] = (16, 128, 4, 3)
+    # defaults: the fastest of benchmarks/genotype.py --tune on an H100 (2026-11-25)
+    times_tiles: tuple[int, int, int, int] = (64, 128, 4, 3)
+    transpose_tiles: tuple[int, int, int, int] = (32, 64, 4, 3)
+    counts: tuple | None = None
 
     def __post_init__(self) -> None:
         import cupy as cp
@@ -250,51 +376,59 @@ class TritonPackedMatrix:
         self.n_snps, self.n_bytes = self.packed.shape
         if self.n_bytes != (self.n_samples + 3) // 4:
             raise ValueError("packed width does not match the sample count")
-        self._table = cp.asarray(self.table, dtype=cp.float32)
+        if self.precision == "fp16":
+            # fp16 entries (t0, 0, t2, t3) of a SNP as two int32 words for the prmt decode
+            table = cp.asarray(self.table, dtype=cp.float16)
+            table[:, 1] = 0
+            self._table = cp.ascontiguousarray(table).view(cp.int32)
+            self._operand = cp.float16
+        else:
+            self._table = cp.asarray(self.table, dtype=cp.float32)
+            self._operand = cp.float32
         if self.splits <= 0:
             programs = math.ceil(self.n_bytes / self.transpose_tiles[1])
             sms = cp.cuda.Device().attributes["MultiProcessorCount"]
             self.splits = max(1, min(64, math.ceil(4 * sms / programs)))
 
     def _slices(self, vectors, width):
-        """(samples x width) -> (4, bytes, width) fp32: V[s::4], zero padded."""
+        """(samples x width) -> (4, bytes, width): V[s::4], zero padded, operand dtype."""
         cp = self.xp
-        padded = cp.zeros((self.n_bytes * 4, width), dtype=cp.float32)
+        padded = cp.zeros((self.n_bytes * 4, width), dtype=self._operand)
         padded[: self.n_samples, : vectors.shape[1]] = vectors
         return cp.ascontiguousarray(padded.reshape(self.n_bytes, 4, width).transpose(1, 0, 2))
 
     def times(self, vectors):
-        """W = A V, (SNPs x width) float32."""
+        """W = A V, (SNPs x width) float32 (a transposed view of W^T)."""
         cp = self.xp
         _, times_kernel, _ = _kernels()
         width = _pad_width(vectors.shape[1])
         slices = self._slices(cp.asarray(vectors, dtype=cp.float32), width)
-        out = cp.empty((self.n_snps, width), dtype=cp.float32)
+        out = cp.empty((width, self.n_snps), dtype=cp.float32)
         rows, cols, warps, stages = self.times_tiles
         grid = (math.ceil(self.n_snps / rows),)
         times_kernel[grid](
             *_views(self.packed, self._table, slices, out), self.n_snps, self.n_bytes,
-            self.packed.strides[0], rows, cols, width, self.precision, num_warps=warps,
-            num_stages=stages,
+            self.packed.strides[0], rows, cols, width, self.precision, _PRMT_DECODE_ASM,
+            num_warps=warps, num_stages=stages,
         )  # fmt: skip
-        return out[:, : vectors.shape[1]]
+        return out[: vectors.shape[1]].T
 
     def transpose_times(self, image):
         """Z = A^T W, (samples x width) float64 (partials summed in float64)."""
         cp = self.xp
         _, _, transpose_kernel = _kernels()
         width = _pad_width(image.shape[1])
-        padded = cp.zeros((self.n_snps, width), dtype=cp.float32)
-        padded[:, : image.shape[1]] = image
+        weights = cp.zeros((width, self.n_snps), dtype=self._operand)  # W^T, the left operand
+        weights[: image.shape[1]] = image.T
         rows, cols, warps, stages = self.transpose_tiles
         rows_per_split = math.ceil(math.ceil(self.n_snps / self.splits) / rows) * rows
         splits = math.ceil(self.n_snps / rows_per_split)
         partial = cp.empty((splits, 4, self.n_bytes, width), dtype=cp.float32)
         grid = (math.ceil(self.n_bytes / cols), splits)
         transpose_kernel[grid](
-            *_views(self.packed, self._table, padded, partial), self.n_snps, self.n_bytes,
+            *_views(self.packed, self._table, weights, partial), self.n_snps, self.n_bytes,
             self.packed.strides[0], rows_per_split, rows, cols, width, self.precision,
-            num_warps=warps, num_stages=stages,
+            _PRMT_DECODE_ASM, num_warps=warps, num_stages=stages,
         )  # fmt: skip
         total = partial.astype(cp.float64).sum(axis=0)  # (4, bytes, width)
         samples = total.transpose(1, 0, 2).reshape(self.n_bytes * 4, width)
@@ -310,8 +444,9 @@ class TritonPackedMatrix:
         return result, self.sum_squares()
 
     def sum_squares(self) -> float:
-        """trace(A^T A) from one counting read of the packed data."""
-        alt, het, called = (x.get() for x in count_genotypes(self.packed, self.n_samples))
+        """trace(A^T A) from the genotype counts (one counting read unless given)."""
+        counts = self.counts or count_genotypes(self.packed, self.n_samples)
+        alt, het, called = (x.get() for x in counts)
         return sum_of_squares(self.table, alt, het, called)
 
 
@@ -344,17 +479,24 @@ class MultiGpuPackedMatrix:
 
         from warpbio.genotype.pca import standardization_table
 
-        frequencies = []
+        frequencies, counts = [], []
         for packed in slices:
             with cp.cuda.Device(packed.device.id):
-                alt, _, called = count_genotypes(packed, n_samples)
+                counts.append(count_genotypes(packed, n_samples))
+                alt, _, called = counts[-1]
                 frequencies.append((alt / (2 * called)).get())
         table = standardization_table(np.concatenate(frequencies))
         bounds = np.cumsum([0] + [packed.shape[0] for packed in slices])
         parts = []
-        for (start, stop), packed in zip(itertools.pairwise(bounds), slices, strict=True):
+        for (start, stop), packed, count in zip(
+            itertools.pairwise(bounds), slices, counts, strict=True
+        ):
             with cp.cuda.Device(packed.device.id):
-                parts.append(TritonPackedMatrix(packed, table[start:stop], n_samples, **options))
+                parts.append(
+                    TritonPackedMatrix(
+                        packed, table[start:stop], n_samples, counts=count, **options
+                    )
+                )
         return cls(parts)
 
     @classmethod
