@@ -92,10 +92,20 @@ def _type_profiles(rng: np.random.Generator, spec: SimulationSpec) -> np.ndarray
     return np.hstack([profiles, np.tile(mito, (spec.n_cell_types, 1))])
 
 
-def simulate_counts(spec: SimulationSpec, seed: int) -> SimulatedCounts:
-    """Simulate a cells x genes UMI count matrix; same seed, same matrix."""
-    rng = np.random.default_rng(seed)
-    n_mito = len(MOUSE_MITO_GENES)
+@dataclass
+class CellDesign:
+    """Everything drawn per cell type, cell and sample before the counts themselves."""
+
+    profiles: np.ndarray  # types x genes expression proportions
+    cell_type: np.ndarray
+    sample: np.ndarray
+    damaged: np.ndarray
+    library: np.ndarray
+    mito_share: np.ndarray
+    batch: np.ndarray  # samples x genes
+
+
+def draw_design(spec: SimulationSpec, rng: np.random.Generator) -> CellDesign:
     profiles = _type_profiles(rng, spec)
     type_weights = rng.dirichlet(np.full(spec.n_cell_types, 4.0))
     cell_type = rng.choice(spec.n_cell_types, size=spec.n_cells, p=type_weights)
@@ -108,25 +118,64 @@ def simulate_counts(spec: SimulationSpec, seed: int) -> SimulatedCounts:
     mito_share = np.clip(rng.normal(spec.mito_fraction, 0.01, spec.n_cells), 0.002, None)
     mito_share[damaged] = rng.uniform(0.25, 0.6, size=int(damaged.sum()))
     batch = rng.lognormal(0.0, spec.batch_log_sd, size=(spec.n_samples, spec.n_genes))
+    return CellDesign(profiles, cell_type, sample, damaged, library, mito_share, batch)
 
+
+def _chunk_means(design: CellDesign, start: int, stop: int, on_device: dict, xp):
+    """Expected counts (cells x genes) of cells [start, stop), on xp's device."""
+    n_mito = len(MOUSE_MITO_GENES)
+    cell_type = xp.asarray(design.cell_type[start:stop])
+    sample = xp.asarray(design.sample[start:stop])
+    mito_share = xp.asarray(design.mito_share[start:stop])[:, None]
+    p = on_device["profiles"][cell_type] * on_device["batch"][sample]
+    p[:, :-n_mito] *= (1.0 - mito_share) / p[:, :-n_mito].sum(1, keepdims=True)
+    p[:, -n_mito:] *= mito_share / p[:, -n_mito:].sum(1, keepdims=True)
+    return p * xp.asarray(design.library[start:stop])[:, None]
+
+
+def sample_counts(spec: SimulationSpec, design: CellDesign, rng, xp=np):
+    """Gamma-Poisson counts of the design as CSR arrays (data float32, indices int32,
+    indptr int64) on xp's device, ``chunk_cells`` cells at a time; ``rng`` is a NumPy
+    or CuPy Generator. Column indices come sorted, with no explicit zeros."""
+    on_device = {"profiles": xp.asarray(design.profiles), "batch": xp.asarray(design.batch)}
     shape = 1.0 / spec.dispersion
-    blocks = []
+    data, indices, row_nnz = [], [], []
     progress = Progress("simulate cells", spec.n_cells, unit="cells")
     for start in range(0, spec.n_cells, spec.chunk_cells):
         stop = min(start + spec.chunk_cells, spec.n_cells)
-        p = profiles[cell_type[start:stop]] * batch[sample[start:stop]]
-        p[:, :-n_mito] *= (1.0 - mito_share[start:stop, None]) / p[:, :-n_mito].sum(
-            1, keepdims=True
-        )
-        p[:, -n_mito:] *= mito_share[start:stop, None] / p[:, -n_mito:].sum(1, keepdims=True)
-        mean = p * library[start:stop, None]
-        rate = rng.gamma(shape, mean / shape)
-        counts = rng.poisson(rate).astype(np.float32)
-        blocks.append(sp.csr_matrix(counts))
+        mean = _chunk_means(design, start, stop, on_device, xp)
+        counts = rng.poisson(rng.gamma(shape, mean / shape)).astype(xp.float32)
+        rows, genes = xp.nonzero(counts)  # row-major: genes ascend within a row
+        data.append(counts[rows, genes])
+        indices.append(genes.astype(xp.int32))
+        row_nnz.append(xp.bincount(rows, minlength=stop - start))
         progress.update(stop - start)
-    matrix = sp.vstack(blocks, format="csr")
-    matrix.sort_indices()
-    return SimulatedCounts(matrix, cell_type, sample, damaged, gene_names(spec.n_genes), spec)
+    indptr = xp.concatenate(
+        [xp.zeros(1, dtype=xp.int64), xp.cumsum(xp.concatenate(row_nnz), dtype=xp.int64)]
+    )
+    return xp.concatenate(data), xp.concatenate(indices), indptr
+
+
+def simulate_counts(spec: SimulationSpec, seed: int) -> SimulatedCounts:
+    """Simulate a cells x genes UMI count matrix on the CPU; same seed, same matrix."""
+    rng = np.random.default_rng(seed)
+    design = draw_design(spec, rng)
+    data, indices, indptr = sample_counts(spec, design, rng)
+    matrix = sp.csr_matrix((data, indices, indptr), shape=(spec.n_cells, spec.n_genes))
+    return SimulatedCounts(
+        matrix, design.cell_type, design.sample, design.damaged, gene_names(spec.n_genes), spec
+    )
+
+
+def simulate_counts_on_gpu(spec: SimulationSpec, seed: int):
+    """The same simulation with the counts drawn on the current GPU (CuPy's generator:
+    other numbers than the CPU's for the same seed, the same distribution). Returns
+    the design (host) and CSR arrays on the GPU; nnz may exceed 2^31."""
+    import cupy as cp
+
+    rng = np.random.default_rng(seed)
+    design = draw_design(spec, rng)
+    return design, sample_counts(spec, design, cp.random.default_rng(seed), cp)
 
 
 def to_anndata(sim: SimulatedCounts):
