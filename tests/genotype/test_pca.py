@@ -51,6 +51,19 @@ def test_decoding_standardizes_with_mean_imputation():
     np.testing.assert_array_equal(decode_genotypes(pack_genotypes(dosage), 30), dosage)
 
 
+@pytest.mark.parametrize("n_samples", [1, 4, 30, 1001, 1002, 1003])
+def test_numba_decode_equals_the_vectorized_gather(n_samples, monkeypatch):
+    from warpbio.genotype import pca
+
+    rng = np.random.default_rng(n_samples)
+    packed = pack_genotypes(rng.integers(-1, 3, (97, n_samples)).astype(np.int8))
+    table = rng.standard_normal((97, 4)).astype(np.float32)
+    assert pca._numba_decoder() is not None  # numba is a dependency
+    fast = decode_standardized(packed, table, n_samples)
+    monkeypatch.setattr(pca, "_numba_decoder", lambda: None)
+    np.testing.assert_array_equal(fast, decode_standardized(packed, table, n_samples))
+
+
 def test_monomorphic_variants_are_refused():
     with pytest.raises(ValueError, match="monomorphic"):
         standardization_table(np.array([0.2, 0.0, 1.0]))

@@ -3,7 +3,7 @@
 Snakemake appends the scripts folder to sys.path, so every script can import
 this module before anything else. Jobs then run the warpbio that sits beside the
 Snakefile, also in conda envs and on cluster nodes where it is not installed,
-and BLAS/OpenMP pools (sized when NumPy loads) use the job's threads rather than
+and BLAS/OpenMP/Numba pools (sized when NumPy or Numba loads) use the job's threads rather than
 every core of a shared node.
 """
 
@@ -17,5 +17,10 @@ if SRC not in sys.path:
 
 _job = getattr(sys.modules.get("__main__"), "snakemake", None)
 if _job is not None:
-    for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    for _name in (
+        "OMP_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "NUMBA_NUM_THREADS",
+    ):
         os.environ.setdefault(_name, str(_job.threads))

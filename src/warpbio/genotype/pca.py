@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from types import ModuleType
 
 import numpy as np
@@ -50,11 +51,48 @@ def standardization_table(alt_freq: np.ndarray, dtype=np.float32) -> np.ndarray:
 
 
 def decode_standardized(packed, table, n_samples: int, xp: ModuleType = np):
-    """Packed block (b, bytes) + its table rows (b, 4) -> standardized (b, n_samples)."""
+    """Packed block (b, bytes) + its table rows (b, 4) -> standardized (b, n_samples).
+
+    On the CPU a Numba loop (one table lookup a genotype, rows in parallel) does it
+    where Numba is installed: ~10x the vectorized gather, whose index arrays take
+    8 bytes a genotype.
+    """
+    if xp is np and _numba_decoder() is not None:
+        packed = np.ascontiguousarray(packed, dtype=np.uint8)
+        table = np.ascontiguousarray(table)
+        out = np.empty((packed.shape[0], n_samples), dtype=table.dtype)
+        _numba_decoder()(packed, table, out)
+        return out
     packed = xp.asarray(packed)
     codes = (packed[:, :, None] >> xp.asarray(SHIFTS)) & 3
     codes = codes.reshape(packed.shape[0], -1)[:, :n_samples]
     return xp.take_along_axis(xp.asarray(table), codes.astype(xp.intp), axis=1)
+
+
+@lru_cache(maxsize=1)
+def _numba_decoder():
+    try:
+        from numba import njit, prange
+    except ImportError:
+        return None
+
+    @njit(parallel=True, nogil=True)
+    def decode(packed, table, out):
+        n_samples = out.shape[1]
+        full = n_samples // 4  # bytes whose four codes are all samples
+        for i in prange(packed.shape[0]):
+            entries = table[i]
+            row = out[i]
+            for j in range(full):
+                byte = packed[i, j]
+                row[4 * j] = entries[byte & 3]
+                row[4 * j + 1] = entries[(byte >> 2) & 3]
+                row[4 * j + 2] = entries[(byte >> 4) & 3]
+                row[4 * j + 3] = entries[byte >> 6]
+            for k in range(n_samples - 4 * full):
+                row[4 * full + k] = entries[(packed[i, full] >> (2 * k)) & 3]
+
+    return decode
 
 
 @dataclass
