@@ -50,3 +50,15 @@ def test_stats_match_direct_counts(tmp_path):
     smiss = sample_missing_table(bed, counts)
     np.testing.assert_array_equal(smiss["MISSING_CT"], missing.sum(axis=0))
     np.testing.assert_allclose(smiss["F_MISS"], missing.mean(axis=0))
+
+
+def test_numba_counts_equal_the_decoding_path(tmp_path, monkeypatch):
+    from warpbio.genotype import stats
+
+    bed, _ = simulate(tmp_path, seed=6)  # 150 samples: the last byte is half padding
+    assert stats._numba_counter() is not None  # numba is a dependency
+    fast = count_genotypes(bed, block_snps=700)
+    monkeypatch.setattr(stats, "_numba_counter", lambda: None)
+    slow = count_genotypes(bed, block_snps=700)
+    for field in ("alt_dosage_sum", "variant_called", "sample_missing"):
+        np.testing.assert_array_equal(getattr(fast, field), getattr(slow, field))

@@ -25,6 +25,7 @@ from types import ModuleType
 import numpy as np
 
 from warpbio.device import to_numpy
+from warpbio.genotype.plink import packed_blocks
 from warpbio.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -115,13 +116,9 @@ class PackedStandardizedMatrix:
         self._table = self.xp.asarray(self.table, dtype=self.dtype)
 
     def blocks(self) -> Iterator[tuple[int, object]]:
-        for start in range(0, self.n_snps, self.block_snps):
-            stop = min(start + self.block_snps, self.n_snps)
-            packed = self.packed[start:stop]
-            yield (
-                start,
-                decode_standardized(packed, self._table[start:stop], self.n_samples, self.xp),
-            )
+        for start, packed in packed_blocks(self.packed, self.block_snps):
+            table = self._table[start : start + packed.shape[0]]
+            yield start, decode_standardized(packed, table, self.n_samples, self.xp)
 
     def gram_times(self, vectors, label: str = "pass", sum_squares: bool = False):
         """A^T (A V) in one read of the data, accumulated in float64.

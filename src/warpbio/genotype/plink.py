@@ -64,6 +64,20 @@ def pack_genotypes(dosage, xp: ModuleType = np):
     return quads[..., 0] | (quads[..., 1] << 2) | (quads[..., 2] << 4) | (quads[..., 3] << 6)
 
 
+def packed_blocks(packed, block_rows: int):
+    """(first SNP, rows) of consecutive blocks of a packed matrix: a memmap, Zarr,
+    NumPy or CuPy array. A Zarr array is read a whole storage chunk at a time, so
+    each chunk is decompressed once a pass however small the blocks are."""
+    n_rows = packed.shape[0]
+    chunks = getattr(packed, "chunks", None)
+    read_rows = max(block_rows, chunks[0]) if isinstance(chunks, tuple) else block_rows
+    for read_start in range(0, n_rows, read_rows):
+        read_stop = min(read_start + read_rows, n_rows)
+        part = packed[read_start:read_stop]
+        for start in range(read_start, read_stop, block_rows):
+            yield start, part[start - read_start : min(start + block_rows, read_stop) - read_start]
+
+
 def decode_genotypes(packed, n_samples: int, xp: ModuleType = np):
     """Packed uint8 (n_snps, bytes_per_snp) -> int8 A1 dosages, -1 missing."""
     packed = xp.asarray(packed, dtype=xp.uint8)
