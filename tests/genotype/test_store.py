@@ -43,3 +43,33 @@ def test_not_a_store_is_named(tmp_path):
     zarr.open_group(tmp_path / "other.zarr", mode="w").attrs["format"] = "something"
     with pytest.raises(StoreFormatError, match="expected 'warpbio-2bit/1'"):
         read_store(tmp_path / "other.zarr")
+
+
+@pytest.mark.parametrize(("block_rows", "chunk_rows"), [(512, 700), (700, 512), (300, 300)])
+def test_blocks_read_each_chunk_once(block_rows, chunk_rows):
+    from warpbio.genotype.plink import packed_blocks
+
+    class Chunked:
+        """A chunked array that records the row ranges read from it."""
+
+        def __init__(self, array):
+            self.array, self.shape, self.chunks, self.reads = (
+                array,
+                array.shape,
+                (chunk_rows, 9),
+                [],
+            )
+
+        def __getitem__(self, rows):
+            self.reads.append((rows.start, rows.stop))
+            return self.array[rows]
+
+    array = np.random.default_rng(0).integers(0, 256, (2300, 9), dtype=np.uint8)
+    source = Chunked(array)
+    blocks = list(packed_blocks(source, block_rows))
+    assert [start for start, _ in blocks] == list(range(0, 2300, block_rows))
+    np.testing.assert_array_equal(np.concatenate([rows for _, rows in blocks]), array)
+    covered = sorted(source.reads)
+    assert covered[0][0] == 0 and covered[-1][1] == 2300
+    assert all(a[1] == b[0] for a, b in zip(covered, covered[1:], strict=False))  # no re-reads
+    assert all(start % chunk_rows == 0 for start, _ in covered)

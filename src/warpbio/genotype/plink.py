@@ -65,17 +65,25 @@ def pack_genotypes(dosage, xp: ModuleType = np):
 
 
 def packed_blocks(packed, block_rows: int):
-    """(first SNP, rows) of consecutive blocks of a packed matrix: a memmap, Zarr,
-    NumPy or CuPy array. A Zarr array is read a whole storage chunk at a time, so
-    each chunk is decompressed once a pass however small the blocks are."""
+    """(first SNP, rows) of the blocks [0, b), [b, 2b), ... of a packed matrix: a
+    memmap, Zarr, NumPy or CuPy array. A chunked (Zarr) array is read in whole
+    storage chunks, each decompressed once a pass, whatever the block size; the
+    blocks themselves do not depend on the storage."""
     n_rows = packed.shape[0]
     chunks = getattr(packed, "chunks", None)
-    read_rows = max(block_rows, chunks[0]) if isinstance(chunks, tuple) else block_rows
-    for read_start in range(0, n_rows, read_rows):
-        read_stop = min(read_start + read_rows, n_rows)
-        part = packed[read_start:read_stop]
-        for start in range(read_start, read_stop, block_rows):
-            yield start, part[start - read_start : min(start + block_rows, read_stop) - read_start]
+    if not isinstance(chunks, tuple):
+        for start in range(0, n_rows, block_rows):
+            yield start, packed[start : start + block_rows]
+        return
+    held, held_start = np.empty((0, packed.shape[1]), dtype=np.uint8), 0
+    for start in range(0, n_rows, block_rows):
+        stop = min(start + block_rows, n_rows)
+        held, held_start = held[start - held_start :], start
+        while held_start + held.shape[0] < stop:  # read on to the next chunk boundary
+            read_start = held_start + held.shape[0]
+            read_stop = min((read_start // chunks[0] + 1) * chunks[0], n_rows)
+            held = np.concatenate([held, np.asarray(packed[read_start:read_stop])])
+        yield start, held[: stop - start]
 
 
 def decode_genotypes(packed, n_samples: int, xp: ModuleType = np):
