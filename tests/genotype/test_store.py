@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 
@@ -71,5 +73,5 @@ def test_blocks_read_each_chunk_once(block_rows, chunk_rows):
     np.testing.assert_array_equal(np.concatenate([rows for _, rows in blocks]), array)
     covered = sorted(source.reads)
     assert covered[0][0] == 0 and covered[-1][1] == 2300
-    assert all(a[1] == b[0] for a, b in zip(covered, covered[1:], strict=False))  # no re-reads
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(covered))  # no re-reads
     assert all(start % chunk_rows == 0 for start, _ in covered)
