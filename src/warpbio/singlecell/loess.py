@@ -54,7 +54,9 @@ def _split_position(sorted_x: np.ndarray, first: int, last: int) -> int:
     return middle
 
 
-def kd_tree_splits(sorted_x: np.ndarray, span: float, cell: float) -> tuple[list[float], float, float]:
+def kd_tree_splits(
+    sorted_x: np.ndarray, span: float, cell: float
+) -> tuple[list[float], float, float]:
     """Split values of the kd-tree's internal cells, and the bounding box."""
     n = sorted_x.size
     leaf_size = math.floor(n * (span * cell))
@@ -85,7 +87,9 @@ def kd_tree_splits(sorted_x: np.ndarray, span: float, cell: float) -> tuple[list
     return splits, lower, upper
 
 
-def local_fit(x: np.ndarray, y: np.ndarray, at: float, n_local: int, span: float) -> tuple[float, float]:
+def local_fit(
+    x: np.ndarray, y: np.ndarray, at: float, n_local: int, span: float
+) -> tuple[float, float]:
     """Value and slope at ``at`` of the tricube-weighted local quadratic fit."""
     squared = (x - at) ** 2
     radius = float(np.partition(squared, n_local - 1)[n_local - 1]) * max(1.0, span)
@@ -112,7 +116,9 @@ def hermite(z, lower, upper, value_lower, slope_lower, value_upper, slope_upper)
     phi1 = h**2 * (3 - 2 * h)
     psi0 = h * (1 - h) ** 2
     psi1 = h**2 * (h - 1)
-    return phi0 * value_lower + phi1 * value_upper + (psi0 * slope_lower + psi1 * slope_upper) * width
+    return (
+        phi0 * value_lower + phi1 * value_upper + (psi0 * slope_lower + psi1 * slope_upper) * width
+    )
 
 
 def loess_fitted(x, y, span: float = 0.3, cell: float = 0.2) -> np.ndarray:

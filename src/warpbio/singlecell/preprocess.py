@@ -266,7 +266,9 @@ def preprocess_counts(
     }
     n_top = settings.hvg.n_top_genes
     if n_top is not None and n_top > matrix.shape[1]:
-        log.warning("n_top_genes %d > %d genes: every gene is highly variable", n_top, matrix.shape[1])
+        log.warning(
+            "n_top_genes %d > %d genes: every gene is highly variable", n_top, matrix.shape[1]
+        )
     hvg_table = None
     if settings.hvg.needs_counts:
         with stage("highly variable genes", xp, timings):
@@ -357,7 +359,9 @@ def preprocessed_anndata(raw, result: PreprocessResult, settings: PreprocessSett
     adata.uns["preprocess"] = {
         "params": _writable(settings.as_dict()),
         "target_sum": result.target_sum,
-        "filtering": {f"{r['axis']}_{r['filter']}": int(r["removed"]) for r in result.filtering.table},
+        "filtering": {
+            f"{r['axis']}_{r['filter']}": int(r["removed"]) for r in result.filtering.table
+        },
         "n_cells_in": int(cells.size),
         "n_genes_in": int(genes.size),
         "timings_s": result.timings,
@@ -401,7 +405,9 @@ def preprocess_step(ctx) -> dict:
         raw.X = None  # the device copy (or the CSR just built) is all we need
         result = preprocess_counts(counts, list(raw.var_names), settings, source=path)
     except PreprocessError as error:
-        raise PreprocessError(f"{path}: {error}" if path not in str(error) else str(error)) from None
+        raise PreprocessError(
+            f"{path}: {error}" if path not in str(error) else str(error)
+        ) from None
     adata = preprocessed_anndata(raw, result, settings)
     with atomic_write(ctx.output.h5ad) as tmp:
         adata.write_h5ad(tmp)

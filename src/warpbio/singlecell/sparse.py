@@ -19,7 +19,7 @@ many entries the matrix has. Inputs must be canonical CSR (no duplicate entries)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 
@@ -180,9 +180,7 @@ class Csr:
             for first, end, start, stop in self.row_blocks():
                 keep = keep_of(first, end, start, stop)
                 local_rows = self.row_ids(first, end) - first
-                kept_per_row[first:end] = xp.bincount(
-                    local_rows[keep], minlength=end - first
-                )
+                kept_per_row[first:end] = xp.bincount(local_rows[keep], minlength=end - first)
         offsets = xp.concatenate(
             [xp.zeros(1, dtype=xp.int64), xp.cumsum(kept_per_row, dtype=xp.int64)]
         )
@@ -231,7 +229,11 @@ class Csr:
 
     def copy(self) -> Csr:
         return Csr(
-            self.data.copy(), self.indices.copy(), self.indptr.copy(), self.shape, self.block_entries
+            self.data.copy(),
+            self.indices.copy(),
+            self.indptr.copy(),
+            self.shape,
+            self.block_entries,
         )
 
 
