@@ -401,7 +401,7 @@ def preprocess_step(ctx) -> dict:
     raw = ad.read_h5ad(path)
     log.info("read %d cells x %d genes from %s", raw.n_obs, raw.n_vars, path)
     try:
-        counts = from_scipy(raw.X, ctx.xp)
+        counts = from_scipy(raw.X, ctx.xp, copy=False)
         raw.X = None  # the device copy (or the CSR just built) is all we need
         result = preprocess_counts(counts, list(raw.var_names), settings, source=path)
     except PreprocessError as error:

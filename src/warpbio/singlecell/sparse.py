@@ -242,9 +242,13 @@ def _host(array) -> np.ndarray:
     return get() if callable(get) else np.asarray(array)
 
 
-def from_scipy(matrix, xp: ModuleType = np, block_entries: int = BLOCK_ENTRIES) -> Csr:
+def from_scipy(
+    matrix, xp: ModuleType = np, block_entries: int = BLOCK_ENTRIES, copy: bool = True
+) -> Csr:
     """Canonical CSR (duplicates summed) from any scipy/cupyx sparse or dense matrix,
-    on ``xp``'s device: one host->device copy of the three arrays for CuPy."""
+    on ``xp``'s device: one host->device copy of the three arrays for CuPy. On NumPy
+    ``copy=False`` lets the result share the caller's arrays (in-place operations
+    such as :meth:`Csr.scale_rows` then change them too)."""
     import scipy.sparse
 
     if hasattr(matrix, "get") and not isinstance(matrix, np.ndarray):  # cupyx / cupy
@@ -253,13 +257,17 @@ def from_scipy(matrix, xp: ModuleType = np, block_entries: int = BLOCK_ENTRIES) 
     if not host.has_canonical_format:
         host = host.copy()
         host.sum_duplicates()
-    return Csr(
-        xp.asarray(np.asarray(host.data, dtype=np.float32)),
-        xp.asarray(np.asarray(host.indices, dtype=np.int32)),
-        xp.asarray(np.asarray(host.indptr, dtype=np.int64)),
-        host.shape,
-        block_entries,
-    )
+    arrays = [
+        np.asarray(host.data, dtype=np.float32),
+        np.asarray(host.indices, dtype=np.int32),
+        np.asarray(host.indptr, dtype=np.int64),
+    ]
+    if xp is np and copy:
+        arrays = [
+            a.copy() if np.shares_memory(a, b) else a
+            for a, b in zip(arrays, (host.data, host.indices, host.indptr), strict=True)
+        ]
+    return Csr(*(xp.asarray(a) for a in arrays), host.shape, block_entries)
 
 
 def as_csr(matrix, xp: ModuleType = np) -> Csr:
