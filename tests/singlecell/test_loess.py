@@ -32,7 +32,9 @@ def test_ties_and_hvg_like_data_equal_skmisc():
     log_var = log_mean + 0.15 * np.maximum(log_mean, 0) ** 2 + 0.2 * rng.normal(size=5000)
     for span in (0.3, 0.5):
         np.testing.assert_allclose(
-            loess_fitted(log_mean, log_var, span), skmisc_fitted(log_mean, log_var, span), atol=1e-11
+            loess_fitted(log_mean, log_var, span),
+            skmisc_fitted(log_mean, log_var, span),
+            atol=1e-11,
         )
 
 

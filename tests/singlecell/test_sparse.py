@@ -1,6 +1,8 @@
 """The device CSR's operations against scipy.sparse, on NumPy (the CuPy twin runs
 the same code; tests/singlecell/test_preprocess_gpu.py compares the two)."""
 
+import itertools
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -42,7 +44,7 @@ def test_layout_is_float32_int32_int64_and_round_trips(block_entries):
     assert (csr.to_scipy() != matrix).nnz == 0
     blocks = csr.row_blocks()
     assert blocks[0][0] == 0 and blocks[-1][1] == matrix.shape[0]
-    assert all(a[1] == b[0] and a[3] == b[2] for a, b in zip(blocks, blocks[1:], strict=False))
+    assert all(a[1] == b[0] and a[3] == b[2] for a, b in itertools.pairwise(blocks))
     if block_entries < matrix.nnz:
         assert len(blocks) > 5
 

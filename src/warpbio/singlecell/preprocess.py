@@ -99,7 +99,9 @@ def stage(name: str, xp: ModuleType, timings: dict[str, float]) -> Iterator[None
 # ---------------------------------------------------------------- checks
 
 
-def check_counts(counts: Csr, source: str = "the count matrix") -> None:
+def check_counts(
+    counts: Csr, source: str = "the count matrix", cell_names: Sequence[str] | None = None
+) -> None:
     """Counts must be finite and >= 0; otherwise one message naming the first bad cell."""
     xp = counts.xp
     for first, end, start, stop in counts.row_blocks():
@@ -114,8 +116,11 @@ def check_counts(counts: Csr, source: str = "the count matrix") -> None:
                 for _, _, a, b in counts.row_blocks()
             )
             kind = "negative" if np.isfinite(value) else "non-finite"
+            cell = (
+                f"cell {cell_names[row]!r} (row {row})" if cell_names is not None else f"row {row}"
+            )
             raise PreprocessError(
-                f"{source}: {n_bad} {kind} or invalid count(s), first {value!r} in cell row {row}; "
+                f"{source}: {n_bad} {kind} or invalid count(s), first {value!r} in {cell}; "
                 "the preprocessing needs raw UMI counts (>= 0): give the raw matrix, "
                 "not normalized, scaled or corrupted values"
             )
@@ -240,6 +245,7 @@ def preprocess_counts(
     gene_names: Sequence[str],
     settings: PreprocessSettings,
     source: str = "the count matrix",
+    cell_names: Sequence[str] | None = None,
 ) -> PreprocessResult:
     """The whole chain on ``counts``' device; ``counts`` is consumed (freed as it goes)."""
     xp = counts.xp
@@ -247,7 +253,7 @@ def preprocess_counts(
     log.info("preprocessing %d cells x %d genes (%d entries) on %s",
              *counts.shape, counts.nnz, xp.__name__)  # fmt: skip
     with stage("check counts", xp, timings):
-        check_counts(counts, source)
+        check_counts(counts, source, cell_names)
     mito = mito_mask(gene_names)
     with stage("QC metrics", xp, timings):
         metrics = qc_metrics(counts, mito, xp)
@@ -403,7 +409,9 @@ def preprocess_step(ctx) -> dict:
     try:
         counts = from_scipy(raw.X, ctx.xp, copy=False)
         raw.X = None  # the device copy (or the CSR just built) is all we need
-        result = preprocess_counts(counts, list(raw.var_names), settings, source=path)
+        result = preprocess_counts(
+            counts, list(raw.var_names), settings, source=path, cell_names=raw.obs_names
+        )
     except PreprocessError as error:
         raise PreprocessError(
             f"{path}: {error}" if path not in str(error) else str(error)
