@@ -247,7 +247,9 @@ def preprocess_counts(
     source: str = "the count matrix",
     cell_names: Sequence[str] | None = None,
 ) -> PreprocessResult:
-    """The whole chain on ``counts``' device; ``counts`` is consumed (freed as it goes)."""
+    """The whole chain on ``counts``' device. ``counts`` is consumed: its arrays are
+    released once the filtered copy exists, so the raw and the filtered matrix and
+    the dense HVG matrix are never all held at once."""
     xp = counts.xp
     timings: dict[str, float] = {}
     log.info("preprocessing %d cells x %d genes (%d entries) on %s",
@@ -263,7 +265,7 @@ def preprocess_counts(
         matrix = counts.select(
             rows=kept, columns=xp.asarray(filtering.genes), entries=lambda d, g: d != 0
         )
-        del counts
+        counts.release()
     log.info("kept %d cells x %d genes (%d entries)", *matrix.shape, matrix.nnz)
     cell_metrics = {
         "total_counts": _host(metrics.total_counts[kept]),

@@ -227,6 +227,14 @@ class Csr:
             (_host(self.data), _host(self.indices), _host(self.indptr)), shape=self.shape
         )
 
+    def release(self) -> None:
+        """Drop the arrays (their device memory goes back to the pool) once consumed."""
+        xp = self.xp
+        self.data = xp.zeros(0, dtype=xp.float32)
+        self.indices = xp.zeros(0, dtype=xp.int32)
+        self.indptr = xp.zeros(self.shape[0] + 1, dtype=xp.int64)  # an all-zero matrix
+        self._blocks = None
+
     def copy(self) -> Csr:
         return Csr(
             self.data.copy(),
