@@ -48,6 +48,8 @@ def test_settings_from_schema_defaults_and_demo_config():
     assert PreprocessSettings.from_config(demo["singlecell"]["preprocess"]).hvg.n_top_genes == 500
     with pytest.raises(PreprocessError, match="not per-cell QC metrics"):
         PreprocessSettings(regress_out=("n_counts",))
+    with pytest.raises(ValueError, match="batch_key is supported with flavor seurat_v3 only"):
+        HvgSettings(flavor="cell_ranger", batch_key="sample")
 
 
 def test_negative_and_non_finite_counts_are_refused_by_cell():

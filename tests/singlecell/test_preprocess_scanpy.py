@@ -137,3 +137,26 @@ def test_simulated_chain_with_mito_covariate_matches_scanpy():
     )
     np.testing.assert_allclose(our_scaled(result), scaled, atol=2e-4)
     assert_pcs_agree(result, hv)
+
+
+@pytest.mark.parametrize("n_top", [100, 300])
+def test_seurat_v3_with_batches_matches_scanpy(brain, n_top):
+    """batch_key: per-batch statistics, merged by median rank (4 interleaved batches)."""
+    pytest.importorskip("skmisc")
+    from warpbio.singlecell.hvg import highly_variable_genes
+
+    adata = brain.copy()
+    sc.pp.filter_cells(adata, min_genes=MIN_GENES)
+    sc.pp.filter_genes(adata, min_cells=MIN_CELLS)
+    adata.obs["batch"] = np.array(["b1", "b2", "b3", "b4"])[np.arange(adata.n_obs) % 4]
+    theirs = sc.pp.highly_variable_genes(
+        adata, flavor="seurat_v3", n_top_genes=n_top, batch_key="batch", inplace=False
+    )
+    settings = HvgSettings(flavor="seurat_v3", n_top_genes=n_top, batch_key="batch")
+    mine = highly_variable_genes(from_scipy(adata.X), settings, adata.obs["batch"].to_numpy())
+    np.testing.assert_array_equal(mine["highly_variable"], theirs["highly_variable"])
+    np.testing.assert_array_equal(
+        mine["highly_variable_nbatches"], theirs["highly_variable_nbatches"]
+    )
+    np.testing.assert_array_equal(mine["highly_variable_rank"], theirs["highly_variable_rank"])
+    np.testing.assert_allclose(mine["variances_norm"], theirs["variances_norm"], rtol=1e-10)

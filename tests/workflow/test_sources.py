@@ -24,6 +24,8 @@ def test_files_and_bed_sources(tmp_path):
     assert set(adata.obs["sample"]) == {"ctrl", "treated"} and adata.n_obs > 250
     assert adata.var["highly_variable"].sum() == 60 and adata.obsm["X_pca"].shape[1] == 20
     assert "highly_variable_rank" in adata.var and adata.uns["hvg"]["flavor"] == "seurat_v3"
+    assert adata.uns["hvg"]["batch_key"] == "sample"
+    assert adata.var["highly_variable_nbatches"].between(0, 2).all()
     afreq = pd.read_csv(tmp_path / "results/genotype/tiny/stats/genotypes.afreq", sep="\t")
     assert len(afreq) == 400 and afreq["ALT_FREQS"].between(0, 1).all()
     summary = pd.read_csv(tmp_path / "results/summary/outputs.tsv", sep="\t")

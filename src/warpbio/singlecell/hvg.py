@@ -1,5 +1,5 @@
 """Highly variable genes with scanpy 1.11.5's definitions (``seurat``,
-``cell_ranger``, ``seurat_v3``; one batch).
+``cell_ranger``, ``seurat_v3``; batches for seurat_v3).
 
 The passes over the matrix (per-gene sums and sums of squares, and the clipped
 sums of seurat_v3) run on the matrix's device in float64; what follows works on
@@ -14,7 +14,9 @@ same NumPy/pandas calls as scanpy's, so bins, ties and ordering come out alike:
   ..., 100th percentiles of the means; normalized by bin median and MAD.
 - ``seurat_v3``: raw counts; loess (span 0.3, degree 2; :mod:`.loess`) of
   log10 variance on log10 mean; each count clipped at mean + sqrt(n) * fitted sd;
-  genes ranked by the variance of the standardized clipped counts.
+  genes ranked by the variance of the standardized clipped counts. With a
+  ``batch_key`` all of this runs per batch and genes are ordered by their median
+  rank among the batches where they rank in the top n, then by how many those are.
 
 Selection: ``n_top_genes`` (ties at the cut-off are all kept, as in scanpy) or,
 for the dispersion flavors without it, the mean/dispersion cut-offs.
@@ -47,10 +49,16 @@ class HvgSettings:
     max_disp: float = float("inf")
     n_bins: int = 20
     span: float = 0.3
+    batch_key: str | None = None  # seurat_v3 only: an obs column, e.g. sample
 
     def __post_init__(self) -> None:
         if self.flavor not in FLAVORS:
             raise ValueError(f"HVG flavor {self.flavor!r} is not one of {', '.join(FLAVORS)}")
+        if self.batch_key is not None and self.flavor != "seurat_v3":
+            raise ValueError(
+                f"hvg.batch_key is supported with flavor seurat_v3 only (flavor is {self.flavor}); "
+                "use flavor: seurat_v3 or batch_key: null"
+            )
         if self.n_top_genes is not None and self.n_top_genes < 1:
             raise ValueError(f"n_top_genes = {self.n_top_genes} must be >= 1 or null")
 
@@ -138,49 +146,97 @@ def dispersion_table(mean: np.ndarray, var: np.ndarray, settings: HvgSettings):
     )
 
 
-def seurat_v3_table(counts: Csr, settings: HvgSettings):
-    """scanpy's seurat_v3 (one batch) on raw counts: two passes over the matrix."""
+def _group_column_sums(counts: Csr, groups, n_groups: int, clip=None):
+    """Float64 (n_groups, n_genes) sums and sums of squares of the entries, rows
+    grouped by ``groups`` (device int per row); entries first clipped at ``clip``
+    ((n_groups * n_genes,) device array) when given."""
+    xp = counts.xp
+    n_cols = counts.shape[1]
+    size = n_groups * n_cols
+    sums = xp.zeros(size, dtype=xp.float64)
+    squares = xp.zeros(size, dtype=xp.float64)
+    for first, end, start, stop in counts.row_blocks():
+        key = counts.indices[start:stop].astype(xp.int64)
+        if n_groups > 1:
+            key += groups[counts.row_ids(first, end)] * n_cols
+        values = counts.data[start:stop].astype(xp.float64)
+        if clip is not None:
+            values = xp.minimum(values, clip[key])
+        sums += xp.bincount(key, weights=values, minlength=size)
+        squares += xp.bincount(key, weights=values * values, minlength=size)
+    return _host(sums).reshape(n_groups, n_cols), _host(squares).reshape(n_groups, n_cols)
+
+
+def seurat_v3_table(counts: Csr, settings: HvgSettings, batches=None):
+    """scanpy's seurat_v3 on raw counts, per batch when ``batches`` (a label per
+    cell) is given: two passes over the matrix, the rest on per-gene vectors."""
     import pandas as pd
 
     xp = counts.xp
-    n = counts.shape[0]
     n_top = 2000 if settings.n_top_genes is None else settings.n_top_genes
     mean, var = gene_mean_var(counts)
-    varying = var > 0
-    fitted = np.zeros(var.size, dtype=np.float64)
-    fitted[varying] = loess_fitted(
-        np.log10(mean[varying]), np.log10(var[varying]), span=settings.span
-    )
-    regularized_sd = np.sqrt(10**fitted)
-    clip = xp.asarray(regularized_sd * np.sqrt(n) + mean)
-    clipped_sum, clipped_sq = counts.column_sums(
-        lambda data, genes: xp.minimum(data.astype(xp.float64), clip[genes]), squares=True
-    )
-    clipped_sum, clipped_sq = _host(clipped_sum), _host(clipped_sq)
+    if batches is None:
+        codes, n_groups, sizes = None, 1, np.array([counts.shape[0]])
+    else:
+        names, codes = np.unique(np.asarray(batches), return_inverse=True)
+        n_groups, sizes = names.size, np.bincount(codes, minlength=names.size)
+        codes = xp.asarray(codes.astype(np.int64))
+    sums, squares = _group_column_sums(counts, codes, n_groups)
+    n = sizes[:, None].astype(np.float64)
+    batch_mean = sums / n
+    batch_var = (squares / n - batch_mean**2) * (n / (n - 1))
+    regularized_sd = np.empty_like(batch_var)
+    for b in range(n_groups):
+        varying = batch_var[b] > 0
+        fitted = np.zeros(var.size, dtype=np.float64)
+        fitted[varying] = loess_fitted(
+            np.log10(batch_mean[b, varying]), np.log10(batch_var[b, varying]), span=settings.span
+        )
+        regularized_sd[b] = np.sqrt(10**fitted)
+    clip = xp.asarray((regularized_sd * np.sqrt(n) + batch_mean).ravel())
+    clipped_sum, clipped_sq = _group_column_sums(counts, codes, n_groups, clip)
     normalized_var = (1 / ((n - 1) * np.square(regularized_sd))) * (
-        (n * np.square(mean)) + clipped_sq - 2 * clipped_sum * mean
+        (n * np.square(batch_mean)) + clipped_sq - 2 * clipped_sum * batch_mean
     )
-    ranks = np.argsort(np.argsort(-normalized_var[None, :], axis=1), axis=1).astype(np.float32)
+    # from here on scanpy's own steps, on per-gene vectors
+    ranks = np.argsort(np.argsort(-normalized_var, axis=1), axis=1).astype(np.float32)
+    n_batches_hvg = np.sum((ranks < n_top).astype(int), axis=0)
     ranks[ranks >= n_top] = np.nan
     rank = np.ma.median(np.ma.masked_invalid(ranks), axis=0).filled(np.nan)
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
-            "highly_variable": rank < n_top,
             "highly_variable_rank": rank.astype(np.float32),
+            "highly_variable_nbatches": n_batches_hvg,
             "means": mean,
             "variances": var,
-            "variances_norm": normalized_var,
+            "variances_norm": np.mean(normalized_var, axis=0),
         }
     )
+    order = (
+        table[["highly_variable_rank", "highly_variable_nbatches"]]
+        .sort_values(
+            ["highly_variable_rank", "highly_variable_nbatches"],
+            ascending=[True, False],
+            na_position="last",
+        )
+        .index
+    )
+    selected = np.zeros(len(table), dtype=bool)
+    selected[order[: int(n_top)]] = True
+    table.insert(0, "highly_variable", selected)
+    if batches is None:
+        table = table.drop(columns="highly_variable_nbatches")
+    return table
 
 
-def highly_variable_genes(matrix: Csr, settings: HvgSettings):
+def highly_variable_genes(matrix: Csr, settings: HvgSettings, batches=None):
     """Per-gene table with scanpy's column names (rows in gene order).
 
-    ``matrix`` holds raw counts for seurat_v3 and log1p-normalized data otherwise.
+    ``matrix`` holds raw counts for seurat_v3 and log1p-normalized data otherwise;
+    ``batches`` (a label per cell) is the ``batch_key`` column, seurat_v3 only.
     """
     if settings.flavor == "seurat_v3":
-        table = seurat_v3_table(matrix, settings)
+        table = seurat_v3_table(matrix, settings, batches)
     else:
         xp = matrix.xp
         function = (lambda data, genes: xp.expm1(data)) if settings.flavor == "seurat" else None

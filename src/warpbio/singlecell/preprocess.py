@@ -246,10 +246,12 @@ def preprocess_counts(
     settings: PreprocessSettings,
     source: str = "the count matrix",
     cell_names: Sequence[str] | None = None,
+    batches: Sequence | None = None,
 ) -> PreprocessResult:
     """The whole chain on ``counts``' device. ``counts`` is consumed: its arrays are
     released once the filtered copy exists, so the raw and the filtered matrix and
-    the dense HVG matrix are never all held at once."""
+    the dense HVG matrix are never all held at once. ``batches`` (a label per
+    cell) is the ``hvg.batch_key`` column, when set."""
     xp = counts.xp
     timings: dict[str, float] = {}
     log.info("preprocessing %d cells x %d genes (%d entries) on %s",
@@ -277,10 +279,13 @@ def preprocess_counts(
         log.warning(
             "n_top_genes %d > %d genes: every gene is highly variable", n_top, matrix.shape[1]
         )
+    if settings.hvg.batch_key is not None and batches is None:
+        raise PreprocessError(f"hvg.batch_key {settings.hvg.batch_key!r} needs a label per cell")
+    kept_batches = None if batches is None else np.asarray(batches)[filtering.cells]
     hvg_table = None
     if settings.hvg.needs_counts:
         with stage("highly variable genes", xp, timings):
-            hvg_table = highly_variable_genes(matrix, settings.hvg)
+            hvg_table = highly_variable_genes(matrix, settings.hvg, kept_batches)
     with stage("normalize_total + log1p", xp, timings):
         target_sum = normalize_total(matrix, settings.target_sum)
         log1p(matrix)
@@ -363,6 +368,8 @@ def preprocessed_anndata(raw, result: PreprocessResult, settings: PreprocessSett
         },
     }
     adata.uns["hvg"] = {"flavor": settings.hvg.flavor}
+    if settings.hvg.batch_key is not None:
+        adata.uns["hvg"]["batch_key"] = settings.hvg.batch_key
     adata.uns["log1p"] = {}  # natural log (scanpy's base None)
     adata.uns["preprocess"] = {
         "params": _writable(settings.as_dict()),
@@ -408,11 +415,23 @@ def preprocess_step(ctx) -> dict:
     path = str(ctx.input.h5ad)
     raw = ad.read_h5ad(path)
     log.info("read %d cells x %d genes from %s", raw.n_obs, raw.n_vars, path)
+    batch_key = settings.hvg.batch_key
+    if batch_key is not None and batch_key not in raw.obs:
+        raise PreprocessError(
+            f"{path}: config singlecell.preprocess.hvg.batch_key = {batch_key!r} is not a "
+            f"cell annotation here (there are: {', '.join(raw.obs.columns) or 'none'})"
+        )
+    batches = None if batch_key is None else raw.obs[batch_key].astype(str).to_numpy()
     try:
         counts = from_scipy(raw.X, ctx.xp, copy=False)
         raw.X = None  # the device copy (or the CSR just built) is all we need
         result = preprocess_counts(
-            counts, list(raw.var_names), settings, source=path, cell_names=raw.obs_names
+            counts,
+            list(raw.var_names),
+            settings,
+            source=path,
+            cell_names=raw.obs_names,
+            batches=batches,
         )
     except PreprocessError as error:
         raise PreprocessError(
