@@ -45,6 +45,7 @@ def test_demo_outputs_and_summary(finished_demo):
         "singlecell/demo/qc/violins.png",
         "singlecell/demo/preprocessed.h5ad",
         "singlecell/demo/qc/filtering.tsv",
+        "singlecell/demo/preprocess/hvg_pca.png",
         "singlecell/demo/provenance/preprocess.provenance.json",
         "genotype/demo/stats/genotypes.afreq",
         "genotype/demo/stats/genotypes.png",

@@ -82,6 +82,12 @@ rule singlecell_preprocess:
     output:
         h5ad=out("singlecell", "preprocessed.h5ad"),
         filtering=out("singlecell", "qc/filtering.tsv"),
+        plot=report(
+            out("singlecell", "preprocess/hvg_pca.png"),
+            caption="../report/singlecell_preprocess.rst",
+            category="Single-cell RNA-seq",
+            labels={"dataset": "{dataset}", "figure": "HVGs and PCA"},
+        ),
         provenance=out("singlecell", "provenance/preprocess.provenance.json"),
     log:
         log_path("singlecell", "preprocess"),
@@ -111,6 +117,7 @@ TARGETS["singlecell"] += [
         "Filtered cells and genes: log1p-normalized X, HVGs, X_pca (scanpy layout).",
     ),
     (done("singlecell", "qc/filtering.tsv"), "Cells and genes each filter removed."),
+    (done("singlecell", "preprocess/hvg_pca.png"), "HVG selection and PCA."),
     (
         done("singlecell", "provenance/preprocess.provenance.json"),
         "Provenance of the preprocessing.",

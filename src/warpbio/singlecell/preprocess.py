@@ -404,8 +404,47 @@ def filtering_table(result: FilterResult):
     return pd.DataFrame(result.table, columns=columns)
 
 
+def plot_preprocessing(adata, path) -> None:
+    """HVG selection (mean vs normalized dispersion or variance), PCA variance
+    ratios, and PC1/PC2 coloured by cell type (simulated data) or sample."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    var = adata.var
+    hv = var["highly_variable"].to_numpy()
+    y_name = "dispersions_norm" if "dispersions_norm" in var else "variances_norm"
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    means = var["means"].to_numpy()
+    axes[0].scatter(means[~hv], var[y_name][~hv], s=3, c="0.6", label="other")
+    axes[0].scatter(means[hv], var[y_name][hv], s=3, c="C3", label="highly variable")
+    axes[0].set(
+        xscale="log" if adata.uns["hvg"]["flavor"] == "seurat_v3" else "linear",
+        xlabel="mean",
+        ylabel=y_name,
+        title=f"{hv.sum():,} of {hv.size:,} genes ({adata.uns['hvg']['flavor']})",
+    )
+    axes[0].legend(markerscale=4, fontsize=8)
+    ratio = np.asarray(adata.uns["pca"]["variance_ratio"])
+    axes[1].plot(np.arange(1, ratio.size + 1), ratio, "o-", ms=3)
+    axes[1].set(xlabel="component", ylabel="variance ratio", yscale="log", title="PCA")
+    embedding = adata.obsm["X_pca"]
+    key = next((k for k in ("true_cell_type", "sample") if k in adata.obs), None)
+    labels = adata.obs[key].astype(str).to_numpy() if key else np.full(adata.n_obs, "all")
+    for label in sorted(set(labels))[:20]:
+        mask = labels == label
+        axes[2].scatter(embedding[mask, 0], embedding[mask, 1], s=3, alpha=0.6, label=label)
+    axes[2].set(xlabel="PC1", ylabel="PC2", title=f"PC1/PC2 by {key or 'cell'}")
+    axes[2].legend(markerscale=4, fontsize=7)
+    fig.suptitle(f"{adata.n_obs:,} cells x {adata.n_vars:,} genes after filtering")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
 def preprocess_step(ctx) -> dict:
-    """Snakemake step: raw ``input.h5ad`` -> ``output.h5ad`` + ``output.filtering``."""
+    """Snakemake step: raw ``input.h5ad`` -> ``output.h5ad``, ``.filtering``, ``.plot``."""
     import anndata as ad
 
     from warpbio.io import atomic_write
@@ -442,6 +481,8 @@ def preprocess_step(ctx) -> dict:
         adata.write_h5ad(tmp)
     with atomic_write(ctx.output.filtering) as tmp:
         filtering_table(result.filtering).to_csv(tmp, sep="\t", index=False)
+    with atomic_write(ctx.output.plot) as tmp:
+        plot_preprocessing(adata, tmp)
     return {
         "n_cells": int(adata.n_obs),
         "n_genes": int(adata.n_vars),
