@@ -108,7 +108,7 @@ def check_counts(
         data = counts.data[start:stop]
         bad = ~xp.isfinite(data) | (data < 0)
         if bool(bad.any()):
-            position = int(xp.argmax(bad))
+            position = int(xp.argmax(bad.astype(xp.int8)))
             value = float(data[position])
             row = int(counts.row_ids(first, end)[position])
             n_bad = sum(
