@@ -25,13 +25,14 @@ def test_auto_backend_is_gpu():
 
 
 def test_singlecell_qc_metrics_gpu_equals_cpu(cp):
-    from warpbio.singlecell.qc import mito_mask, qc_metrics, to_device_csr
+    from warpbio.singlecell.qc import mito_mask, qc_metrics
     from warpbio.singlecell.simulate import SimulationSpec, simulate_counts
+    from warpbio.singlecell.sparse import from_scipy
 
     sim = simulate_counts(SimulationSpec(n_cells=2000, n_genes=800), seed=3)
     mito = mito_mask(sim.gene_names)
     cpu = qc_metrics(sim.counts, mito, np)
-    gpu = qc_metrics(to_device_csr(sim.counts, cp), mito, cp)
+    gpu = qc_metrics(from_scipy(sim.counts, cp), mito, cp)
     for name in vars(cpu):
         np.testing.assert_allclose(cp.asnumpy(getattr(gpu, name)), getattr(cpu, name), rtol=1e-6)
 

@@ -3,6 +3,7 @@
 import copy
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_snakemake, write_config
@@ -42,6 +43,10 @@ def test_demo_outputs_and_summary(finished_demo):
     for path in (
         "singlecell/demo/qc/cells.tsv",
         "singlecell/demo/qc/violins.png",
+        "singlecell/demo/preprocessed.h5ad",
+        "singlecell/demo/qc/filtering.tsv",
+        "singlecell/demo/preprocess/hvg_pca.png",
+        "singlecell/demo/provenance/preprocess.provenance.json",
         "genotype/demo/stats/genotypes.afreq",
         "genotype/demo/stats/genotypes.png",
         "genotype/demo/qc/genotypes.bed",
@@ -63,8 +68,55 @@ def test_demo_outputs_and_summary(finished_demo):
     assert (centroids.index[distances.argmin(1)] == eigenvec["#FID"]).all()
     assert summary["caption"].str.len().gt(0).all()
     # every rule logged to logs/<workflow>/<rule>/<wildcards>.log
-    for log in ("singlecell/simulate/demo", "singlecell/qc/demo", "genotype/stats/demo"):
+    for log in (
+        "singlecell/simulate/demo",
+        "singlecell/qc/demo",
+        "singlecell/preprocess/demo",
+        "genotype/stats/demo",
+    ):
         assert "done in" in (workdir / "logs" / f"{log}.log").read_text()
+
+
+def test_preprocessed_anndata_contract(finished_demo):
+    """What the downstream rules read: scanpy's layout, filtered cells and genes."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    workdir, config = finished_demo
+    settings = config["singlecell"]["preprocess"]
+    adata = ad.read_h5ad(workdir / "results/singlecell/demo/preprocessed.h5ad")
+    filtering = pd.read_csv(workdir / "results/singlecell/demo/qc/filtering.tsv", sep="\t")
+    cells = filtering[filtering["axis"] == "cells"]
+    genes = filtering[filtering["axis"] == "genes"]
+    assert list(cells["filter"]) == ["min_genes", "max_pct_mt"]
+    assert cells["remaining"].iloc[-1] == adata.n_obs and 2800 < adata.n_obs < 3000
+    assert genes["remaining"].iloc[-1] == adata.n_vars
+    assert sp.issparse(adata.X) and adata.X.format == "csr" and adata.X.dtype == "float32"
+    assert not adata.layers and adata.X.max() < 10  # log1p of normalized counts
+    for column in ("sample", "true_cell_type", "total_counts", "n_genes_by_counts"):
+        assert column in adata.obs
+    assert adata.obs["pct_counts_mt"].max() <= settings["max_pct_mt"]
+    assert adata.obs["n_genes_by_counts"].min() >= settings["min_genes"]
+    for column in ("gene_ids", "mt", "n_cells_by_counts", "highly_variable", "means",
+                   "dispersions", "dispersions_norm"):  # fmt: skip
+        assert column in adata.var, column
+    assert adata.var["highly_variable"].sum() == settings["hvg"]["n_top_genes"]
+    assert adata.obsm["X_pca"].shape == (adata.n_obs, 50) and adata.obsm["X_pca"].dtype == "float32"
+    loadings = adata.varm["PCs"]
+    assert loadings.shape == (adata.n_vars, 50)
+    assert not loadings[~adata.var["highly_variable"].to_numpy()].any()
+    ratio = adata.uns["pca"]["variance_ratio"]
+    assert len(adata.uns["pca"]["variance"]) == 50 and 0 < ratio.sum() < 1
+    assert np.all(np.diff(ratio) <= 0)
+    assert adata.uns["hvg"]["flavor"] == "cell_ranger"
+    assert adata.uns["preprocess"]["filtering"]["cells_max_pct_mt"] > 0
+    # the simulator's cell types separate on the first PCs
+    truth = adata.obs["true_cell_type"].to_numpy()
+    embedding = adata.obsm["X_pca"][:, :10]
+    types = np.unique(truth)
+    centroids = np.stack([embedding[truth == t].mean(0) for t in types])
+    nearest = np.argmin(((embedding[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
+    assert (types[nearest] == truth).mean() > 0.98
 
 
 def test_report_builds(finished_demo):
@@ -95,7 +147,16 @@ def test_rerun_with_nothing_changed_runs_nothing(finished_demo):
                 "all",
             },
         ),
-        ("singlecell", {"singlecell_simulate", "singlecell_qc", "summary", "all"}),
+        (
+            "singlecell",
+            {
+                "singlecell_simulate",
+                "singlecell_qc",
+                "singlecell_preprocess",
+                "summary",
+                "all",
+            },
+        ),
     ],
 )
 def test_new_seed_reruns_exactly_its_rules(finished_demo, tmp_path, workflow, expected):

@@ -18,11 +18,53 @@ def test_files_and_bed_sources(tmp_path):
     run_snakemake(tmp_path, "--cores", "2", "--configfile", str(configfile))
     cells = pd.read_csv(tmp_path / "results/singlecell/tiny/qc/cells.tsv", sep="\t")
     assert cells["sample"].value_counts().to_dict() == {"ctrl": 150, "treated": 150}
+    import anndata as ad
+
+    adata = ad.read_h5ad(tmp_path / "results/singlecell/tiny/preprocessed.h5ad")
+    assert set(adata.obs["sample"]) == {"ctrl", "treated"} and adata.n_obs > 250
+    assert adata.var["highly_variable"].sum() == 60 and adata.obsm["X_pca"].shape[1] == 20
+    assert "highly_variable_rank" in adata.var and adata.uns["hvg"]["flavor"] == "seurat_v3"
+    assert adata.uns["hvg"]["batch_key"] == "sample"
+    assert adata.var["highly_variable_nbatches"].between(0, 2).all()
     afreq = pd.read_csv(tmp_path / "results/genotype/tiny/stats/genotypes.afreq", sep="\t")
     assert len(afreq) == 400 and afreq["ALT_FREQS"].between(0, 1).all()
     summary = pd.read_csv(tmp_path / "results/summary/outputs.tsv", sep="\t")
     assert summary["bytes"].notna().all() and (summary["bytes"] > 0).all()
     assert not (tmp_path / "results/genotype/tiny/simulated.bed").exists()
+
+
+def test_bad_counts_stop_preprocessing_with_no_output(tmp_path):
+    """Negative counts: one message naming the file; no preprocessed.h5ad left."""
+    import anndata as ad
+
+    adata = ad.read_h5ad(REPO / "resources/singlecell/tiny_ctrl.h5ad")
+    adata.X = adata.X.copy()
+    adata.X.data[5] = -2
+    bad = tmp_path / "bad.h5ad"
+    adata.write_h5ad(bad)
+    config = {
+        "genotype": {"enabled": False},
+        "singlecell": {
+            "dataset": "bad",
+            "source": "files",
+            "samples": {"bad": str(bad)},
+            "preprocess": {"min_genes": 50},
+        },
+    }
+    configfile = write_config(tmp_path, config)
+    target = "results/singlecell/bad/preprocessed.h5ad"
+    done = run_snakemake(
+        tmp_path, target, "--cores", "1", "--configfile", str(configfile), check=False
+    )
+    assert done.returncode != 0
+    results = tmp_path / "results/singlecell/bad"
+    assert (results / "ingested.h5ad").exists()
+    assert not (results / "preprocessed.h5ad").exists()
+    assert not (results / "qc/filtering.tsv").exists()
+    assert not list(results.rglob(".*tmp-*"))
+    log = (tmp_path / "logs/singlecell/preprocess/bad.log").read_text()
+    assert "ingested.h5ad: 1 negative or invalid count(s), first -2.0 in cell" in log
+    assert "raw UMI counts" in log
 
 
 def test_vcf_source(tmp_path):

@@ -1,4 +1,4 @@
-# Single-cell RNA-seq. This release: simulate or ingest counts, then QC metrics.
+# Single-cell RNA-seq: simulate or ingest counts; QC metrics; preprocessing through PCA.
 
 
 rule singlecell_simulate:
@@ -76,11 +76,52 @@ rule singlecell_qc:
         "../scripts/singlecell_qc.py"
 
 
+rule singlecell_preprocess:
+    input:
+        h5ad=singlecell_raw,
+    output:
+        h5ad=out("singlecell", "preprocessed.h5ad"),
+        filtering=out("singlecell", "qc/filtering.tsv"),
+        plot=report(
+            out("singlecell", "preprocess/hvg_pca.png"),
+            caption="../report/singlecell_preprocess.rst",
+            category="Single-cell RNA-seq",
+            labels={"dataset": "{dataset}", "figure": "HVGs and PCA"},
+        ),
+        provenance=out("singlecell", "provenance/preprocess.provenance.json"),
+    log:
+        log_path("singlecell", "preprocess"),
+    benchmark:
+        benchmark_path("singlecell", "preprocess")
+    conda:
+        conda_env("singlecell")
+    threads: 2
+    resources:
+        gpu=gpus("singlecell"),
+        mem_mb=mem_mb(8000),
+        runtime=60,
+    params:
+        preprocess=config["singlecell"]["preprocess"],
+        backend=backend("singlecell"),
+    script:
+        "../scripts/singlecell_preprocess.py"
+
+
 TARGETS["singlecell"] += [
     (done("singlecell", "qc/cells.tsv"), "Per-cell QC metrics (scanpy names)."),
     (done("singlecell", "qc/genes.tsv"), "Per-gene QC metrics."),
     (done("singlecell", "qc/violins.png"), "QC violins per sample."),
     (done("singlecell", "provenance/qc.provenance.json"), "Provenance of the QC step."),
+    (
+        done("singlecell", "preprocessed.h5ad"),
+        "Filtered cells and genes: log1p-normalized X, HVGs, X_pca (scanpy layout).",
+    ),
+    (done("singlecell", "qc/filtering.tsv"), "Cells and genes each filter removed."),
+    (done("singlecell", "preprocess/hvg_pca.png"), "HVG selection and PCA."),
+    (
+        done("singlecell", "provenance/preprocess.provenance.json"),
+        "Provenance of the preprocessing.",
+    ),
     (
         done("singlecell", f"provenance/{SINGLECELL_SOURCE_RULE}.provenance.json"),
         "Provenance of the count matrix.",

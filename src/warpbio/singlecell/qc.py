@@ -13,6 +13,8 @@ from types import ModuleType
 
 import numpy as np
 
+from warpbio.singlecell.sparse import as_csr, from_scipy
+
 log = logging.getLogger(__name__)
 
 MITO_PREFIXES = ("mt-", "MT-", "Mt-")
@@ -20,31 +22,6 @@ MITO_PREFIXES = ("mt-", "MT-", "Mt-")
 
 def mito_mask(gene_names) -> np.ndarray:
     return np.array([str(name).startswith(MITO_PREFIXES) for name in gene_names], dtype=bool)
-
-
-def sparse_module(xp: ModuleType) -> ModuleType:
-    """scipy.sparse for NumPy, cupyx.scipy.sparse for CuPy."""
-    if xp.__name__ == "numpy":
-        import scipy.sparse
-
-        return scipy.sparse
-    import cupyx.scipy.sparse
-
-    return cupyx.scipy.sparse
-
-
-def to_device_csr(matrix, xp: ModuleType):
-    """CSR on the array module's device (one host->device copy for CuPy)."""
-    import scipy.sparse
-
-    sparse = sparse_module(xp)
-    host = scipy.sparse.csr_matrix(matrix)
-    if xp.__name__ == "numpy":
-        return host
-    return sparse.csr_matrix(
-        (xp.asarray(host.data), xp.asarray(host.indices), xp.asarray(host.indptr)),
-        shape=host.shape,
-    )
 
 
 @dataclass
@@ -57,19 +34,29 @@ class QcMetrics:
 
 
 def qc_metrics(counts, mito: np.ndarray, xp: ModuleType) -> QcMetrics:
-    """QC metrics of a CSR count matrix on ``xp``'s device; no densification."""
-    detected = counts.copy()
-    detected.data = (detected.data > 0).astype(xp.float32)
-    total = xp.asarray(counts.sum(axis=1), dtype=xp.float64).ravel()
-    mito_counts = counts @ xp.asarray(mito, dtype=counts.dtype)
-    mito_counts = xp.asarray(mito_counts, dtype=xp.float64).ravel()
+    """QC metrics of a count matrix (a :class:`~warpbio.singlecell.sparse.Csr`, or any
+    scipy/cupyx sparse matrix, moved to ``xp``'s device); no densification.
+
+    Genes count as detected where their count is > 0, so explicit zeros in the
+    CSR do not count (as in scanpy).
+    """
+    matrix = as_csr(counts, xp)
+    mito_weights = xp.asarray(mito, dtype=xp.float32)
+
+    def mito_counts(data, genes):
+        return data * mito_weights[genes]
+
+    def detected(data, genes):
+        return data > 0
+
+    total = matrix.row_sums()
     safe_total = xp.where(total > 0, total, 1.0)
     return QcMetrics(
         total_counts=total,
-        n_genes_by_counts=xp.asarray(detected.sum(axis=1)).ravel().astype(xp.int64),
-        pct_counts_mt=100.0 * mito_counts / safe_total,
-        gene_n_cells_by_counts=xp.asarray(detected.sum(axis=0)).ravel().astype(xp.int64),
-        gene_total_counts=xp.asarray(counts.sum(axis=0), dtype=xp.float64).ravel(),
+        n_genes_by_counts=matrix.row_sums(detected).astype(xp.int64),
+        pct_counts_mt=100.0 * matrix.row_sums(mito_counts) / safe_total,
+        gene_n_cells_by_counts=matrix.column_sums(detected).astype(xp.int64),
+        gene_total_counts=matrix.column_sums(),
     )
 
 
@@ -84,8 +71,7 @@ def qc_step(ctx) -> dict:
     adata = ad.read_h5ad(ctx.input.h5ad)
     log.info("read %d cells x %d genes from %s", *adata.shape, ctx.input.h5ad)
     mito = mito_mask(adata.var_names)
-    counts = to_device_csr(adata.X, ctx.xp)
-    metrics = qc_metrics(counts, mito, ctx.xp)
+    metrics = qc_metrics(from_scipy(adata.X, ctx.xp), mito, ctx.xp)
 
     cells = pd.DataFrame(index=adata.obs_names)
     for column in ("sample", "true_cell_type"):

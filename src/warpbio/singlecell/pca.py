@@ -1,0 +1,70 @@
+"""PCA of the scaled highly-variable-gene matrix through its covariance.
+
+For a cells x genes matrix with a few thousand genes the exact route is cheap on
+any device: the genes x genes scatter matrix X^T X is accumulated in float64 over
+row blocks (one read of X), centered with the column means, and decomposed with
+``eigh``; the top components project the centered rows. This is PCA up to the
+sign of each component, which follows scikit-learn's ``svd_flip``
+(``u_based_decision=False``: the largest-magnitude loading of each component is
+positive), as scanpy's PCA does. Variances are the eigenvalues / (n - 1) and the
+ratios divide by the total variance (ddof 1), scikit-learn's definitions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from warpbio.singlecell.sparse import _host, module_of
+
+BLOCK_ROWS = 1 << 15
+
+
+@dataclass
+class PcaResult:
+    embedding: object  # (n_cells, n_comps) float32 on the matrix's device
+    components: np.ndarray  # (n_comps, n_genes) float64, rows unit norm
+    variance: np.ndarray  # (n_comps,) eigenvalues / (n - 1)
+    variance_ratio: np.ndarray  # (n_comps,) of the total variance
+    mean: np.ndarray  # (n_genes,) the centering
+
+
+def _flip_signs(components: np.ndarray) -> np.ndarray:
+    """scikit-learn's svd_flip on the components (rows): largest |loading| positive."""
+    rows = np.arange(components.shape[0])
+    signs = np.sign(components[rows, np.argmax(np.abs(components), axis=1)])
+    signs[signs == 0] = 1
+    return components * signs[:, None]
+
+
+def pca(matrix, n_comps: int = 50, block_rows: int = BLOCK_ROWS) -> PcaResult:
+    """Exact PCA of a dense float32 (cells x genes) matrix on NumPy or CuPy."""
+    xp = module_of(matrix)
+    n_rows, n_cols = matrix.shape
+    if not 1 <= n_comps <= min(n_rows, n_cols):
+        raise ValueError(
+            f"n_pcs = {n_comps} must lie in 1..{min(n_rows, n_cols)} "
+            f"(the smaller of {n_rows} cells and {n_cols} highly variable genes)"
+        )
+    sums = xp.zeros(n_cols, dtype=xp.float64)
+    scatter = xp.zeros((n_cols, n_cols), dtype=xp.float64)
+    for start in range(0, n_rows, block_rows):
+        block = matrix[start : start + block_rows].astype(xp.float64)
+        sums += block.sum(axis=0)
+        scatter += block.T @ block
+    mean = sums / n_rows
+    scatter -= n_rows * xp.outer(mean, mean)
+    values, vectors = xp.linalg.eigh(scatter)
+    total = float(_host(xp.trace(scatter)))
+    top = xp.argsort(values)[::-1][:n_comps]
+    values = np.clip(_host(values[top]), 0.0, None)
+    components = _flip_signs(_host(vectors[:, top]).T)
+    variance = values / max(n_rows - 1, 1)
+    ratio = values / total if total > 0 else np.zeros_like(values)
+    loadings = xp.asarray(components.T)
+    embedding = xp.empty((n_rows, n_comps), dtype=xp.float32)
+    for start in range(0, n_rows, block_rows):
+        block = matrix[start : start + block_rows].astype(xp.float64) - mean
+        embedding[start : start + block_rows] = (block @ loadings).astype(xp.float32)
+    return PcaResult(embedding, components, variance, ratio, _host(mean))
