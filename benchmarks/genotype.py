@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,6 +44,7 @@ from warpbio.genotype.simulate import (
     BaldingNicholsSpec,
     population_frequencies,
     population_labels,
+    sample_table,
     simulate_block,
 )
 
@@ -340,7 +342,6 @@ def scaling(args, tiles) -> list[dict]:
 
 def cpu_versus_plink2(args) -> None:
     """plink2 --pca approx vs warpbio on the CPU, same .bed and threads."""
-    import os
     import shutil
     import subprocess
     import tempfile
@@ -406,6 +407,94 @@ def cpu_versus_plink2(args) -> None:
           f"warpbio top-2 eigenvalue rel err {relative[:2].max():.1e}")  # fmt: skip
 
 
+def cpu_out_of_core(args) -> None:
+    """CPU PCA from a Zarr store larger than this machine's memory, read out of core.
+
+    The store holds ``copies`` copies of one simulated block of SNPs (distinct IDs).
+    Then A^T A = copies x B^T B and the GRM eigenvalues (/ M) equal those of the
+    block B, so the out-of-core result must equal the in-memory PCA of B with the
+    same seed: a check of the result, not only of the run.
+    """
+    import math
+    import resource
+    import shutil
+
+    import pandas as pd
+    import psutil
+
+    from warpbio.genotype.plink import BedWriter, read_bed, write_tables
+    from warpbio.genotype.stats import count_genotypes
+    from warpbio.genotype.store import read_store, write_store
+
+    folder = Path(args.workdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    memory = psutil.virtual_memory().total
+    spec = BaldingNicholsSpec(
+        n_samples=args.cpu_samples, n_snps=args.ooc_block_snps, fst=0.05, missing_rate=0.01
+    )
+    rng = np.random.default_rng(7)
+    freqs, labels = population_frequencies(spec, rng), population_labels(spec)
+    block = np.concatenate(
+        [
+            pack_genotypes(simulate_block(freqs[s : s + 5000], labels, 0.01, rng, np))
+            for s in range(0, spec.n_snps, 5000)
+        ]
+    )
+    copies = math.ceil(args.ooc_factor * memory / block.nbytes)
+    prefix = folder / "tiled"
+    stamp = time.perf_counter()
+    with BedWriter(f"{prefix}.bed", spec.n_samples) as writer:
+        for _ in range(copies):
+            writer.write_packed(block)
+    ids = [f"copy{c}_snp{i}" for c in range(copies) for i in range(spec.n_snps)]
+    variants = pd.DataFrame(
+        {"chrom": "1", "id": ids, "cm": 0, "pos": np.arange(1, len(ids) + 1), "a1": "A", "a2": "G"}
+    )
+    write_tables(prefix, variants, sample_table(spec))
+    write_store(read_bed(prefix), folder / "tiled.zarr")
+    for extension in (".bed", ".bim", ".fam"):
+        Path(f"{prefix}{extension}").unlink()
+    prepare_seconds = time.perf_counter() - stamp
+    store_bytes = sum(f.stat().st_size for f in (folder / "tiled.zarr").rglob("*") if f.is_file())
+    try:  # start cold: nothing of the store in the page cache
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        print("could not drop the page cache (not root): the first pass may hit it")
+    print(f"store {store_bytes / 1e9:.1f} GB ({copies} x {spec.n_snps:,} SNPs x "
+          f"{spec.n_samples:,} samples) vs memory {memory / 1e9:.1f} GB; made in "
+          f"{prepare_seconds:.0f} s", flush=True)  # fmt: skip
+
+    stamp = time.perf_counter()
+    store = read_store(folder / "tiled.zarr")
+    table = standardization_table(count_genotypes(store).alt_frequency)
+    count_seconds = time.perf_counter() - stamp
+    matrix = PackedStandardizedMatrix(store.packed, table, store.n_samples, np, 8192)
+    result = randomized_pca(matrix, args.k, power_iterations=args.q, seed=0)
+    pca_seconds = time.perf_counter() - stamp - count_seconds
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    reference = randomized_pca(
+        PackedStandardizedMatrix(block, table[: spec.n_snps], spec.n_samples, np, 8192),
+        args.k,
+        power_iterations=args.q,
+        seed=0,
+    )
+    corr = [
+        float(abs(np.dot(result.eigenvectors[:, i], reference.eigenvectors[:, i])))
+        for i in range(args.k)
+    ]
+    error = np.max(np.abs(result.eigenvalues - reference.eigenvalues) / reference.eigenvalues)
+    shutil.rmtree(folder / "tiled.zarr")
+    print(f"\n== CPU out-of-core PCA, {os.cpu_count()} cores, k={args.k} q={args.q} ==")
+    print(
+        f"store on disk        {store_bytes / 1e9:8.1f} GB (machine memory {memory / 1e9:.1f} GB)"
+    )
+    print(f"counts + table       {count_seconds:8.1f} s (one read)")
+    print(f"randomized PCA       {pca_seconds:8.1f} s ({args.q + 2} reads)")
+    print(f"peak resident memory {peak_rss / 1e9:8.2f} GB")
+    print(f"vs in-memory PCA of the block: min |corr| PC1-{args.k} {min(corr):.8f}, "
+          f"max eigenvalue rel err {error:.1e}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--snps", type=int, default=10_000_000)
@@ -422,9 +511,18 @@ def main() -> None:
     parser.add_argument("--cpu-vs-plink2", action="store_true", help="CPU comparison only")
     parser.add_argument("--cpu-snps", type=int, default=200_000)
     parser.add_argument("--cpu-samples", type=int, default=3_000)
+    parser.add_argument(
+        "--cpu-out-of-core", action="store_true", help="CPU PCA of a store larger than RAM"
+    )
+    parser.add_argument("--ooc-block-snps", type=int, default=100_000)
+    parser.add_argument("--ooc-factor", type=float, default=1.1, help="store size / memory")
+    parser.add_argument("--workdir", default="ooc-work")
     args = parser.parse_args()
     if args.cpu_vs_plink2:
         cpu_versus_plink2(args)
+        return
+    if args.cpu_out_of_core:
+        cpu_out_of_core(args)
         return
 
     import cupy as cp
