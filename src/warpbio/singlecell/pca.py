@@ -38,6 +38,33 @@ def _flip_signs(components: np.ndarray) -> np.ndarray:
     return components * signs[:, None]
 
 
+def _top_eigenpairs(scatter, n_comps: int, xp) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n_comps`` largest eigenvalues (descending) and their vectors, on the host.
+
+    On the CPU only those are computed: Lanczos (ARPACK, to machine precision, a
+    fixed start vector) where they are few, else LAPACK's syevr by index; a full
+    decomposition of a 4,000 x 4,000 scatter matrix costs ~10x more there. On the
+    GPU cuSOLVER's full syevd takes well under a second.
+    """
+    n = scatter.shape[0]
+    if xp is not np:
+        values, vectors = (_host(part) for part in xp.linalg.eigh(scatter))
+    elif n_comps < n // 2:
+        import scipy.sparse.linalg
+
+        values, vectors = scipy.sparse.linalg.eigsh(
+            scatter, k=n_comps, which="LA", v0=np.ones(n), tol=0
+        )
+    else:
+        import scipy.linalg
+
+        values, vectors = scipy.linalg.eigh(
+            scatter, subset_by_index=[n - n_comps, n - 1], driver="evr"
+        )
+    top = np.argsort(values)[::-1][:n_comps]
+    return values[top], vectors[:, top]
+
+
 def pca(matrix, n_comps: int = 50, block_rows: int = BLOCK_ROWS) -> PcaResult:
     """Exact PCA of a dense float32 (cells x genes) matrix on NumPy or CuPy."""
     xp = module_of(matrix)
@@ -55,11 +82,10 @@ def pca(matrix, n_comps: int = 50, block_rows: int = BLOCK_ROWS) -> PcaResult:
         scatter += block.T @ block
     mean = sums / n_rows
     scatter -= n_rows * xp.outer(mean, mean)
-    values, vectors = xp.linalg.eigh(scatter)
+    values, vectors = _top_eigenpairs(scatter, n_comps, xp)
     total = float(_host(xp.trace(scatter)))
-    top = xp.argsort(values)[::-1][:n_comps]
-    values = np.clip(_host(values[top]), 0.0, None)
-    components = _flip_signs(_host(vectors[:, top]).T)
+    values = np.clip(values, 0.0, None)
+    components = _flip_signs(vectors.T)
     variance = values / max(n_rows - 1, 1)
     ratio = values / total if total > 0 else np.zeros_like(values)
     loadings = xp.asarray(components.T)
