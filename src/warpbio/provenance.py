@@ -120,7 +120,7 @@ def _warpbio_imports(source: str, module: str) -> set[str]:
     return found
 
 
-def source_digest(*modules: str) -> str:
+def source_digest(*modules: str, package_root: str | os.PathLike | None = None) -> str:
     """SHA-256 over the source of ``modules`` and every warpbio module they import.
 
     Snakemake's between-workflow cache and its code trigger hash a rule's
@@ -129,14 +129,14 @@ def source_digest(*modules: str) -> str:
     that makes an output into the cache key.  The imports are read with
     ``ast``, so nothing is imported (the Snakefile calls this at parse time).
     """
-    package_root = Path(__file__).resolve().parent
+    root = Path(package_root) if package_root else Path(__file__).resolve().parent
     pending = list(modules)
     files: dict[str, Path] = {}
     while pending:
         name = pending.pop()
         if name in files:
             continue
-        path = _module_file(name, package_root)
+        path = _module_file(name, root)
         if path is None:
             continue  # a name imported from a module, not a module
         files[name] = path

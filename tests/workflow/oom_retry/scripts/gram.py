@@ -10,19 +10,12 @@ import resource
 from pathlib import Path
 
 import numpy as np
+from gram_inputs import packed_genotypes  # beside this script (Snakemake's sys.path)
 
 from warpbio.device import to_numpy
-from warpbio.genotype.pca import PackedStandardizedMatrix, standardization_table
+from warpbio.genotype.pca import PackedStandardizedMatrix
 from warpbio.io import atomic_write
 from warpbio.runner import run_step
-
-
-def packed_genotypes(n_snps: int, n_samples: int):
-    rng = np.random.default_rng(0)
-    packed = rng.integers(0, 256, size=(n_snps, (n_samples + 3) // 4), dtype=np.uint8)
-    freq = rng.uniform(0.05, 0.5, n_snps)
-    vectors = rng.standard_normal((n_samples, 4))
-    return packed, standardization_table(freq), vectors
 
 
 def cap_address_space(headroom_mb: int) -> None:
