@@ -22,6 +22,7 @@ import psutil
 import pytest
 from conftest import SNAKEFILE, run_snakemake, snakemake_executable, write_config
 
+from warpbio.device import gpu_available
 from warpbio.genotype.pca import PackedStandardizedMatrix
 from warpbio.reproduce import output_checksums
 
@@ -156,12 +157,32 @@ def oom_job_inputs():
     return module.packed_genotypes(8192, 4000)
 
 
-def test_out_of_memory_is_retried_with_smaller_blocks(tmp_path):
-    """The first attempt's 8192-SNP blocks exceed the job's memory; the retries
-    halve them until the pass fits, and the result is the full-memory one."""
-    done = run_snakemake(tmp_path, "--cores", "1", "--retries", "3", snakefile=OOM_SNAKEFILE)
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "cpu",
+        pytest.param(
+            "gpu",
+            marks=[
+                pytest.mark.gpu,
+                pytest.mark.skipif(not gpu_available(), reason="needs a CUDA GPU and CuPy"),
+            ],
+        ),
+    ],
+)
+def test_out_of_memory_is_retried_with_smaller_blocks(tmp_path, monkeypatch, backend):
+    """The first attempt's 8192-SNP blocks exceed the job's memory (CPU: an address
+    space cap; GPU: CuPy's pool limit); the retries halve them until the pass fits,
+    and the result is the full-memory one."""
+    kind = {"cpu": "host", "gpu": "GPU"}[backend]
+    monkeypatch.setenv("CUPY_GPU_MEMORY_LIMIT", str(300 * 2**20))
+    done = run_snakemake(
+        tmp_path,
+        *("--cores", "1", "--retries", "3", "--config", f"backend={backend}"),
+        snakefile=OOM_SNAKEFILE,
+    )
     output = done.stdout + done.stderr
-    assert "rule gram ran out of host memory on attempt 1" in output
+    assert f"rule gram ran out of {kind} memory on attempt 1" in output
     assert "warpbio.runner.OutOfMemoryError" in output
     record = json.loads((tmp_path / "gram.provenance.json").read_text())
     assert record["attempt"] >= 2
