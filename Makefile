@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint pytest report dry-run clean
+.PHONY: demo test lint pytest report dry-run clean reproduce pin-envs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,16 @@ pytest: $(STAMP)
 
 report: $(STAMP)
 	$(BIN)/snakemake --report report.html
+
+## make reproduce: finish the demo if needed, rerun it from scratch in a temporary
+## folder and compare every output's checksum (CPU outputs must be identical)
+reproduce: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/warpbio reproduce --cores $(CORES)
+
+## make pin-envs: pinned package lists of workflow/envs from this environment
+pin-envs: $(STAMP)
+	$(BIN)/warpbio pin-envs
 
 clean:
 	rm -rf results logs benchmarks/runs report.html .snakemake

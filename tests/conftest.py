@@ -40,3 +40,15 @@ def write_config(workdir: Path, config: dict) -> Path:
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+@pytest.fixture(scope="session")
+def finished_demo(tmp_path_factory):
+    """The demo DAG run once locally on 2 cores, shared by the workflow tests that
+    read it (outputs, report, reruns) or compare other runs with it (reproduce,
+    SLURM, fault tolerance). Tests must not change its results."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    workdir = tmp_path_factory.mktemp("demo")
+    configfile = write_config(workdir, config)
+    run_snakemake(workdir, "--cores", "2", "--configfile", str(configfile))
+    return workdir, config

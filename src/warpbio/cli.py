@@ -1,8 +1,10 @@
-"""``warpbio`` command line: device facts and GPU leases for shell rules.
+"""``warpbio`` command line: device facts, GPU leases for shell rules, reruns.
 
 ``warpbio lease --gpus N -- CMD ...`` runs CMD with N leased GPUs in
 CUDA_VISIBLE_DEVICES.  The lock descriptors are inherited by CMD, so the lease
 lasts exactly as long as CMD's process tree, even if this wrapper is killed.
+``warpbio reproduce`` reruns a finished run from scratch and compares checksums;
+``warpbio pin-envs`` writes the pinned package lists of workflow/envs.
 """
 
 from __future__ import annotations
@@ -45,7 +47,19 @@ def _devices(args: argparse.Namespace) -> int:
     return 0
 
 
+# Subcommands with their own argument parsers (and --help).
+DELEGATED = {
+    "reproduce": ("warpbio.reproduce", "rerun a finished run from scratch, compare checksums"),
+    "pin-envs": ("warpbio.pins", "write pinned package lists of workflow/envs"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        from importlib import import_module
+
+        return import_module(DELEGATED[argv[0]][0]).main(argv[1:])
     parser = argparse.ArgumentParser(prog="warpbio", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command_name", required=True)
 
@@ -59,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
     devices = commands.add_parser("devices", help="print backend, GPU pool and GPU facts")
     devices.set_defaults(func=_devices)
+    for name, (_, help_text) in DELEGATED.items():
+        commands.add_parser(name, help=help_text, add_help=False)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -20,8 +20,7 @@ def atomic_write(path: str | os.PathLike, directory: bool = False) -> Iterator[P
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(target.suffixes)
-    stem = target.name[: len(target.name) - len(suffix)] if suffix else target.name
+    stem, suffix = _split_suffix(target)
     tmp = target.with_name(f".{stem}.tmp-{os.getpid()}{suffix}")
     _remove(tmp)
     if directory:
@@ -36,6 +35,45 @@ def atomic_write(path: str | os.PathLike, directory: bool = False) -> Iterator[P
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _split_suffix(target: Path) -> tuple[str, str]:
+    suffix = "".join(target.suffixes)
+    stem = target.name[: len(target.name) - len(suffix)] if suffix else target.name
+    return stem, suffix
+
+
+def stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Temporaries of ``path`` left by writers that were killed (SIGKILL, node loss).
+
+    A killed writer never reaches its clean-up, so its ``.stem.tmp-PID.suffix``
+    stays beside the output.  Nothing reads it (the output itself was never
+    renamed into place), but a rerun removes it so that no half-written file
+    lingers in the results.
+    """
+    target = Path(path)
+    if not target.parent.is_dir():
+        return []
+    stem, suffix = _split_suffix(target)
+    prefix = f".{stem}.tmp-"
+    found = []
+    for candidate in target.parent.iterdir():
+        name = candidate.name
+        if name.startswith(prefix) and name.endswith(suffix):
+            pid = name[len(prefix) : len(name) - len(suffix) if suffix else None]
+            if pid.isdigit():
+                found.append(candidate)
+    return sorted(found)
+
+
+def remove_stale_temporaries(paths: list[str | os.PathLike]) -> list[Path]:
+    """Delete the killed writers' temporaries of every path; returns what was removed."""
+    removed = []
+    for path in paths:
+        for stale in stale_temporaries(path):
+            _remove(stale)
+            removed.append(stale)
+    return removed
 
 
 def _remove(path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import json
@@ -92,6 +93,61 @@ def describe_path(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
+def _module_file(name: str, package_root: Path) -> Path | None:
+    parts = name.split(".")[1:]
+    base = package_root.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _warpbio_imports(source: str, module: str) -> set[str]:
+    """Every ``warpbio.*`` module a source imports, at the top or inside functions."""
+    found = set()
+    package = module.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("warpbio"))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            if base.startswith("warpbio"):
+                found.add(base)
+                found.update(f"{base}.{a.name}" for a in node.names)  # submodules
+    return found
+
+
+def source_digest(*modules: str, package_root: str | os.PathLike | None = None) -> str:
+    """SHA-256 over the source of ``modules`` and every warpbio module they import.
+
+    Snakemake's between-workflow cache and its code trigger hash a rule's
+    script, but warpbio's scripts are two lines that call into the package: the
+    numerical code lives here.  Passing this digest as a param puts the code
+    that makes an output into the cache key.  The imports are read with
+    ``ast``, so nothing is imported (the Snakefile calls this at parse time).
+    """
+    root = Path(package_root) if package_root else Path(__file__).resolve().parent
+    pending = list(modules)
+    files: dict[str, Path] = {}
+    while pending:
+        name = pending.pop()
+        if name in files:
+            continue
+        path = _module_file(name, root)
+        if path is None:
+            continue  # a name imported from a module, not a module
+        files[name] = path
+        pending.extend(_warpbio_imports(path.read_text(), name) - files.keys())
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode())
+        digest.update(files[name].read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def peak_host_memory_bytes() -> int:
     """Peak resident set of this process (Linux reports ru_maxrss in KiB)."""
     usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -149,6 +205,7 @@ def build_record(
     gpu_ids: Iterable[str] = (),
     started: float,
     extra: Mapping[str, Any] | None = None,
+    attempt: int = 1,
 ) -> dict[str, Any]:
     ids = list(gpu_ids)
     record: dict[str, Any] = {
@@ -157,6 +214,7 @@ def build_record(
         "wall_seconds": round(time.time() - started, 3),
         "backend": backend,
         "seed": seed,
+        "attempt": attempt,
         "params": _jsonable(dict(params or {})),
         "inputs": [describe_path(p) for p in inputs],
         "outputs": [describe_path(p) for p in outputs],

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_snakemake, write_config
+from conftest import run_snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -23,18 +23,6 @@ def planned_jobs(workdir, configfile) -> dict[str, int]:
         for rule, count in re.findall(r"^(\w+)\s+(\d+)\s*$", table, flags=re.M)
         if rule != "total"
     }
-
-
-@pytest.fixture(scope="module")
-def finished_demo(tmp_path_factory):
-    import yaml
-    from conftest import REPO
-
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    workdir = tmp_path_factory.mktemp("demo")
-    configfile = write_config(workdir, config)
-    run_snakemake(workdir, "--cores", "2", "--configfile", str(configfile))
-    return workdir, config
 
 
 def test_demo_outputs_and_summary(finished_demo):

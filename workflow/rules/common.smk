@@ -1,6 +1,8 @@
+import os
 import sys
 from pathlib import Path
 
+from snakemake.caching import LOCATION_ENVVAR as OUTPUT_CACHE_VARIABLE
 from snakemake.utils import validate
 
 # The Snakefile imports warpbio from this checkout, as the job scripts do
@@ -16,6 +18,7 @@ from warpbio.config import (
     validate_config,
 )
 from warpbio.device import DeviceError, resolve_backend
+from warpbio.provenance import source_digest
 
 SCHEMA = str(Path(workflow.basedir) / "schemas" / "config.schema.yaml")
 WORKFLOWS = ("singlecell", "genotype", "ecg", "fold")
@@ -112,6 +115,30 @@ def mem_mb(base):
 
 def seed(name):
     return int(config[name]["seed"])
+
+
+# Retries and between-workflow caching
+
+
+def attempt_number(wildcards, attempt):
+    """Resource ``attempt``: a step reads it as ctx.attempt and shrinks its chunks."""
+    return attempt
+
+
+def code(*modules):
+    """Param: digest of the warpbio code behind a rule (its scripts are thin), so
+    that the between-workflow cache key and the params trigger see code changes."""
+    return source_digest(*modules)
+
+
+# snakemake --cache: Snakemake reads the location from $SNAKEMAKE_OUTPUT_CACHE when
+# it builds the DAG (after this file is parsed); config output_cache fills it in.
+if workflow.workflow_settings.cache is not None and not os.environ.get(
+    OUTPUT_CACHE_VARIABLE
+):
+    OUTPUT_CACHE = Path(os.path.expandvars(config["output_cache"])).expanduser()
+    OUTPUT_CACHE.mkdir(parents=True, exist_ok=True)
+    os.environ[OUTPUT_CACHE_VARIABLE] = str(OUTPUT_CACHE.resolve())
 
 
 def log_path(name, rule_name, wildcards="{dataset}"):

@@ -11,8 +11,7 @@ rule genotype_simulate:
         provenance=out("genotype", "provenance/simulate.provenance.json"),
     log:
         log_path("genotype", "simulate"),
-    benchmark:
-        benchmark_path("genotype", "simulate")
+    cache: "omit-software"  # seeded; cached rules may have no benchmark:
     conda:
         conda_env("genotype")
     threads: 1
@@ -24,6 +23,7 @@ rule genotype_simulate:
         simulation=config["genotype"]["simulate"],
         seed=seed("genotype"),
         backend=backend("genotype"),
+        code=code("warpbio.genotype.simulate"),
     script:
         "../scripts/genotype_simulate.py"
 
@@ -37,8 +37,7 @@ rule genotype_simulate_msprime:
         provenance=out("genotype", "provenance/simulate_msprime.provenance.json"),
     log:
         log_path("genotype", "simulate_msprime"),
-    benchmark:
-        benchmark_path("genotype", "simulate_msprime")
+    cache: "omit-software"  # the slowest simulator; seeded
     conda:
         "../envs/cpu.yaml"
     threads: 1
@@ -49,6 +48,7 @@ rule genotype_simulate_msprime:
         simulation=config["genotype"]["msprime"],
         seed=seed("genotype"),
         backend="cpu",
+        code=code("warpbio.genotype.coalescent"),
     script:
         "../scripts/genotype_simulate_msprime.py"
 
@@ -63,8 +63,7 @@ rule genotype_import_vcf:
         provenance=out("genotype", "provenance/import_vcf.provenance.json"),
     log:
         log_path("genotype", "import_vcf"),
-    benchmark:
-        benchmark_path("genotype", "import_vcf")
+    cache: "omit-software"  # keyed on the VCF content
     conda:
         "../envs/cpu.yaml"
     threads: 1
@@ -73,6 +72,7 @@ rule genotype_import_vcf:
         runtime=120,
     params:
         backend="cpu",
+        code=code("warpbio.genotype.vcf"),
     script:
         "../scripts/genotype_import_vcf.py"
 
@@ -188,6 +188,7 @@ rule genotype_pca:
         gpu=gpus("genotype", config["genotype"]["pca"]["gpus"]),
         mem_mb=mem_mb(8000),
         runtime=120,
+        attempt=attempt_number,  # a retry decodes half as many SNPs per block
     params:
         pca=config["genotype"]["pca"],
         seed=seed("genotype"),
@@ -215,7 +216,9 @@ rule genotype_loadings:
         gpu=gpus("genotype"),
         mem_mb=mem_mb(4000),
         runtime=60,
+        attempt=attempt_number,
     params:
+        block_snps=config["genotype"]["pca"]["block_snps"],
         backend=backend("genotype"),
     script:
         "../scripts/genotype_loadings.py"

@@ -7,8 +7,9 @@ rule singlecell_simulate:
         provenance=out("singlecell", "provenance/simulate.provenance.json"),
     log:
         log_path("singlecell", "simulate"),
-    benchmark:
-        benchmark_path("singlecell", "simulate")
+    # Between-workflow cache (snakemake --cache); Snakemake allows no benchmark:
+    # on cached rules, the provenance record keeps the wall time and memory.
+    cache: "omit-software"
     conda:
         "../envs/cpu.yaml"
     threads: 1
@@ -19,6 +20,7 @@ rule singlecell_simulate:
         simulation=config["singlecell"]["simulate"],
         seed=seed("singlecell"),
         backend="cpu",
+        code=code("warpbio.singlecell.simulate"),
     script:
         "../scripts/singlecell_simulate.py"
 
@@ -31,8 +33,7 @@ rule singlecell_ingest:
         provenance=out("singlecell", "provenance/ingest.provenance.json"),
     log:
         log_path("singlecell", "ingest"),
-    benchmark:
-        benchmark_path("singlecell", "ingest")
+    cache: "omit-software"  # keyed on the input files' content
     conda:
         "../envs/cpu.yaml"
     threads: 1
@@ -42,6 +43,7 @@ rule singlecell_ingest:
     params:
         samples=config["singlecell"]["samples"],
         backend="cpu",
+        code=code("warpbio.singlecell.ingest"),
     script:
         "../scripts/singlecell_ingest.py"
 

@@ -11,6 +11,12 @@ rule summary:
             category="Summary",
         ),
         tsv=f"{RESULTS}/summary/outputs.tsv",
+        # not named provenance: the runner writes the rule's own record there
+        gathered=report(
+            f"{RESULTS}/summary/provenance.json",
+            caption="../report/provenance.rst",
+            category="Summary",
+        ),
     log:
         "logs/platform/summary/all.log",
     conda:

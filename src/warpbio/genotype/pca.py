@@ -365,8 +365,12 @@ def pca_step(ctx) -> dict:
     else:
         packed = bed.packed if xp is np else xp.asarray(np.asarray(bed.packed))
         freq = count_genotypes(bed, xp).alt_frequency
+        # halved on each retry: the decoded block (SNPs x samples) is what runs
+        # out of memory for large cohorts
+        block = ctx.shrink(int(settings["block_snps"]), minimum=64)
+        ctx.extra_provenance["block_snps"] = block
         matrix = PackedStandardizedMatrix(
-            packed, standardization_table(freq), bed.n_samples, xp, int(settings["block_snps"])
+            packed, standardization_table(freq), bed.n_samples, xp, block
         )
     log.info(
         "%s PCA of %d samples x %d variants on %s", method, bed.n_samples, bed.n_snps, ctx.backend
@@ -425,7 +429,9 @@ def loadings_step(ctx) -> dict:
     pcs = [c for c in eigenvec.columns if c.startswith("PC")]
     singular = np.sqrt(np.loadtxt(ctx.input.eigenval, ndmin=1) * bed.n_snps)
     table = standardization_table(count_genotypes(bed, ctx.xp).alt_frequency)
-    matrix = PackedStandardizedMatrix(bed.packed, table, bed.n_samples, ctx.xp)
+    block = ctx.shrink(int(getattr(ctx.params, "block_snps", 8192)), minimum=64)
+    ctx.extra_provenance["block_snps"] = block
+    matrix = PackedStandardizedMatrix(bed.packed, table, bed.n_samples, ctx.xp, block)
     weights = to_numpy(matrix.times(eigenvec[pcs].to_numpy())) / singular[None, :]
     out = pd.DataFrame(
         {
