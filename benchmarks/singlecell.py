@@ -211,7 +211,7 @@ def scanpy_run(path: str, n_cells: int, threads: int) -> dict:
         print(f"  scanpy {name}: {times[name]:.2f} s", flush=True)
         return out
 
-    adata = step("read .h5ad", lambda: ad.read_h5ad(path)[:n_cells].copy())
+    adata = step("read .h5ad", lambda: ad.read_h5ad(path, backed="r")[:n_cells].to_memory())
     adata.var["mt"] = adata.var_names.str.startswith("mt-")
 
     def preprocess():
