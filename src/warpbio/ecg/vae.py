@@ -1,0 +1,282 @@
+"""Convolutional VAE of beats (PyTorch), trained on a seeded 75% of them.
+
+Beats reach PyTorch through DLPack: on the GPU the CuPy beat buffer becomes a
+CUDA tensor without a copy, on the CPU the NumPy array a CPU tensor.
+
+The GPU path never asks the host how many beats there are (that would be a
+device-to-host copy): it works on the fixed-capacity beat buffer with a
+``valid`` mask. The split ranks random keys of the valid rows on the device;
+each epoch sorts fresh keys so the training rows come first in random order,
+and walks batches over the largest possible number of training rows, each row
+weighted 1 if it is a training row and 0 otherwise. Batches past the real
+number of training rows carry no weight and step with learning rate 0 (a
+device-side learning rate), so they change no parameter. On the CPU the counts
+are free to read and the loop stops at the last real batch; otherwise the two
+paths are the same code.
+
+Anomaly score per beat: the reconstruction error (mean squared error of the
+decoded latent mean) or the negative ELBO (squared error plus the KL term),
+both deterministic (no sampling at scoring time).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SCORES = ("reconstruction", "elbo")
+
+
+@dataclass(frozen=True)
+class VaeSettings:
+    latent_dim: int = 2
+    channels: tuple[int, ...] = (16, 32, 64)
+    epochs: int = 20
+    batch_size: int = 256
+    learning_rate: float = 2e-3
+    beta: float = 0.5  # weight of the KL term
+    train_fraction: float = 0.75
+    score: str = "elbo"  # elbo | reconstruction
+    compile: bool = False  # torch.compile the model (GPU runs)
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORES:
+            raise ValueError(f"score {self.score!r} is not one of {', '.join(SCORES)}")
+
+    @classmethod
+    def from_config(cls, values: dict) -> VaeSettings:
+        values = dict(values)
+        if "channels" in values:
+            values["channels"] = tuple(values["channels"])
+        return cls(**values)
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def build_model(length: int, settings: VaeSettings):
+    """The VAE module; the class is made here so importing this file needs no torch."""
+    torch = _torch()
+    nn = torch.nn
+
+    class BeatVae(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            layers, previous = [], 1
+            for width in settings.channels:
+                layers += [nn.Conv1d(previous, width, 5, stride=2, padding=2), nn.GELU()]
+                previous = width
+            self.encoder = nn.Sequential(*layers, nn.Flatten())
+            self.reduced = length // 2 ** len(settings.channels)
+            flat = previous * self.reduced
+            self.to_latent = nn.Linear(flat, 2 * settings.latent_dim)
+            self.from_latent = nn.Linear(settings.latent_dim, flat)
+            layers = []
+            widths = list(reversed(settings.channels))
+            for index, width in enumerate(widths):
+                out = widths[index + 1] if index + 1 < len(widths) else 1
+                layers.append(nn.ConvTranspose1d(width, out, 4, stride=2, padding=1))
+                if out != 1:
+                    layers.append(nn.GELU())
+            self.decoder = nn.Sequential(*layers)
+
+        def encode(self, x):
+            mean, log_var = self.to_latent(self.encoder(x[:, None, :])).chunk(2, dim=1)
+            return mean, log_var.clamp(-12.0, 8.0)
+
+        def decode(self, z):
+            hidden = self.from_latent(z).view(z.shape[0], settings.channels[-1], self.reduced)
+            return self.decoder(torch.nn.functional.gelu(hidden))[:, 0, :]
+
+    if length % 2 ** len(settings.channels):
+        raise ValueError(
+            f"beat length {length} must be divisible by 2^{len(settings.channels)} "
+            "(one halving per encoder layer)"
+        )
+    return BeatVae()
+
+
+def per_beat_terms(model, x, noise=None):
+    """Squared error and KL term per beat; with ``noise`` the latent is sampled."""
+    torch = _torch()
+    mean, log_var = model.encode(x)
+    z = mean if noise is None else mean + torch.exp(0.5 * log_var) * noise
+    reconstruction = model.decode(z)
+    squared_error = ((reconstruction - x) ** 2).sum(dim=1)
+    kl = -0.5 * (1.0 + log_var - mean**2 - log_var.exp()).sum(dim=1)
+    return squared_error, kl, mean
+
+
+def as_tensor(array):
+    """NumPy -> CPU tensor, CuPy -> CUDA tensor, both without copying (DLPack)."""
+    torch = _torch()
+    if isinstance(array, np.ndarray):
+        return torch.from_numpy(array)
+    return torch.from_dlpack(array)
+
+
+@dataclass
+class TrainedVae:
+    model: Any
+    settings: VaeSettings
+    train: Any  # (rows,) bool tensor: the training split
+    held_out: Any  # (rows,) bool tensor: valid beats not trained on
+    epoch_losses: Any  # (epochs,) tensor on the device: mean loss per training beat
+    seconds: float
+    length: int
+
+    def config(self) -> dict:
+        """The model's settings and training record, for the JSON beside the weights."""
+        return {
+            "architecture": "convolutional VAE (Conv1d encoder, ConvTranspose1d decoder)",
+            "beat_length": self.length,
+            **asdict(self.settings),
+            "epoch_losses": [float(v) for v in self.epoch_losses.detach().cpu().tolist()],
+            "n_train": int(self.train.sum()),
+            "n_held_out": int(self.held_out.sum()),
+            "train_seconds": round(self.seconds, 3),
+        }
+
+
+def split_rows(valid, fraction: float, generator):
+    """Seeded split of the valid rows: (train, held_out) masks, counts kept on the device."""
+    torch = _torch()
+    rows = valid.shape[0]
+    keys = torch.rand(rows, generator=generator, device=valid.device)
+    order = torch.argsort(torch.where(valid, keys, 2.0))
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(rows, device=valid.device)
+    n_train = torch.floor(valid.sum() * fraction).long()
+    train = rank < n_train
+    return train, valid & ~train, n_train
+
+
+def train_vae(beats, valid, settings: VaeSettings, seed: int, threads: int = 1) -> TrainedVae:
+    """Fit the VAE on a seeded ``train_fraction`` of the valid beats.
+
+    ``beats`` (rows, length) and ``valid`` (rows,) are NumPy or CuPy; both are
+    viewed as tensors through DLPack. Deterministic on the CPU for a seed and
+    thread count.
+    """
+    torch = _torch()
+    x = as_tensor(beats).float()
+    valid = as_tensor(valid).bool()
+    device = x.device
+    on_cpu = device.type == "cpu"
+    if on_cpu:
+        torch.set_num_threads(max(int(threads), 1))
+    torch.manual_seed(seed)  # weight init, made on the CPU: identical on every device
+    model = build_model(x.shape[1], settings).to(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    train, held_out, n_train = split_rows(valid, settings.train_fraction, generator)
+    bound = int(n_train) if on_cpu else math.floor(x.shape[0] * settings.train_fraction)
+    batch = settings.batch_size
+    n_batches = max(math.ceil(bound / batch), 1)
+    if on_cpu:
+        optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+        learning_rate = None
+    else:
+        learning_rate = torch.tensor(settings.learning_rate, device=device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, capturable=True)
+    step_model = torch.compile(model) if settings.compile else model
+    losses = torch.zeros(settings.epochs, device=device)
+    started = time.time()
+    model.train()
+    for epoch in range(settings.epochs):
+        keys = torch.rand(x.shape[0], generator=generator, device=device)
+        order = torch.argsort(torch.where(train, keys, 2.0))
+        total = torch.zeros((), device=device)
+        for index in range(n_batches):
+            rows = order[index * batch : (index + 1) * batch]
+            position = torch.arange(rows.shape[0], device=device) + index * batch
+            weight = (position < n_train).float()
+            noise = torch.randn(
+                (rows.shape[0], settings.latent_dim), generator=generator, device=device
+            )
+            squared_error, kl = per_beat_terms(step_model, x[rows], noise)[:2]
+            per_beat = (squared_error + settings.beta * kl) * weight
+            used = weight.sum()
+            loss = per_beat.sum() / used.clamp(min=1.0)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if learning_rate is not None:  # empty tail batches step with lr 0
+                learning_rate.copy_(settings.learning_rate * (used > 0).float())
+            optimizer.step()
+            total += per_beat.detach().sum()
+        losses[epoch] = total / n_train.clamp(min=1)
+        log.info("VAE epoch %d/%d (%.1f s)", epoch + 1, settings.epochs, time.time() - started)
+    model.eval()
+    return TrainedVae(model, settings, train, held_out, losses, time.time() - started, x.shape[1])
+
+
+def score_beats(model, beats, settings: VaeSettings, chunk: int = 16384):
+    """Anomaly score and latent mean per row (tensors on the beats' device)."""
+    torch = _torch()
+    x = as_tensor(beats).float()
+    scores, latents = [], []
+    with torch.no_grad():
+        for start in range(0, x.shape[0], chunk):
+            squared_error, kl, mean = per_beat_terms(model, x[start : start + chunk])
+            if settings.score == "reconstruction":
+                scores.append(squared_error / x.shape[1])
+            else:
+                scores.append(squared_error + kl)
+            latents.append(mean)
+    return torch.cat(scores), torch.cat(latents)
+
+
+def latent_2d(latent, rows):
+    """2-D view of the latent means: the means themselves, or their top-2 PCs.
+
+    ``rows`` (bool) chooses the beats that define the PCs (the held-out ones).
+    """
+    torch = _torch()
+    if latent.shape[1] <= 2:
+        return latent
+    weight = rows.float()[:, None]
+    centre = (latent * weight).sum(0) / weight.sum().clamp(min=1.0)
+    centred = (latent - centre) * weight
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    axes = vh[:2].T
+    signs = torch.sign(axes[torch.argmax(axes.abs(), dim=0), torch.arange(2)])
+    return (latent - centre) @ (axes * torch.where(signs == 0, 1.0, signs))
+
+
+def save_model(trained: TrainedVae, path) -> None:
+    torch = _torch()
+    state = {key: value.detach().cpu() for key, value in trained.model.state_dict().items()}
+    torch.save({"state_dict": state, "settings": asdict(trained.settings),
+                "length": trained.length}, path)  # fmt: skip
+
+
+def load_model(path, device: str = "cpu"):
+    """(model, settings) from a file written by :func:`save_model`."""
+    torch = _torch()
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    settings = VaeSettings.from_config(saved["settings"])
+    model = build_model(int(saved["length"]), settings)
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device).eval(), settings
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with average ranks for ties)."""
+    from scipy.stats import rankdata
+
+    scores = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
