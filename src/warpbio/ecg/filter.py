@@ -8,8 +8,8 @@ Ricker wavelet psi(t) = (1 - t^2/s^2) exp(-t^2 / 2s^2) enters through its
 closed-form Fourier transform, proportional to (w s)^2 exp(-(w s)^2 / 2), which
 is the transform of the sampled wavelet without a third FFT; s is chosen so the
 response peaks at ``ricker_hz``, the centre of the QRS complex's energy.
-Both outputs are exact linear (not circular) filters: the transform length
-leaves ``pad_s`` of zeros after the signal for the filters' tails.
+The transform length leaves ``pad_s`` after the signal, filled with mirror
+images of its two ends, for the filters' tails.
 """
 
 from __future__ import annotations
@@ -91,11 +91,30 @@ def filter_ecg(
     fft, threads = _fft(xp, workers)
     band, band_ricker = transfer_functions(n_fft, fs, settings, xp)
     with threads:
-        spectrum = fft.rfft(signal - signal.mean(dtype=xp.float64).astype(xp.float32), n=n_fft)
+        spectrum = fft.rfft(mirror_pad(signal, n_fft, xp))
         filtered = fft.irfft(spectrum * band, n=n_fft)[:n]
         response = fft.irfft(spectrum * band_ricker, n=n_fft)[:n]
     sign = polarity(response, settings.polarity, xp)
     return Filtered(filtered * sign, response * sign, sign)
+
+
+def mirror_pad(signal, n_fft: int, xp: ModuleType):
+    """The signal followed by mirror images of its end and of its start.
+
+    The FFT treats the buffer as periodic: mirrored padding makes the jumps from
+    the last sample into the padding and from the padding back to the first
+    sample continuous, so neither edge rings through the Ricker filter as a
+    spurious QRS.
+    """
+    n = int(signal.shape[0])
+    pad = n_fft - n
+    end = min(pad // 2, n - 1)
+    start = min(pad - end, n - 1)
+    buffer = xp.zeros(n_fft, dtype=xp.float32)
+    buffer[:n] = signal
+    buffer[n : n + end] = signal[n - 1 - end : n - 1][::-1]
+    buffer[n_fft - start :] = signal[1 : start + 1][::-1]
+    return buffer
 
 
 def polarity(response, mode: str, xp: ModuleType):

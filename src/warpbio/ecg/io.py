@@ -259,7 +259,10 @@ def read_csv_columns(path: str | Path, layout: CsvLayout, columns: dict[str, int
             read_options=pacsv.ReadOptions(column_names=names, skip_rows=int(layout.header)),
             parse_options=pacsv.ParseOptions(delimiter=layout.delimiter),
             convert_options=pacsv.ConvertOptions(
-                column_types=types, include_columns=list(keys), quoted_strings_can_be_null=True
+                column_types=types,
+                include_columns=list(keys),
+                null_values=[""],  # only empty cells; 'NA' and the like are errors
+                quoted_strings_can_be_null=True,
             ),
         )
     except pa.ArrowInvalid as error:

@@ -73,28 +73,9 @@ def embed_beats_cpu(y, peaks, count, start, step, out):
 @cache
 def cuda_kernels():
     """The CUDA twins, compiled on first use (imports numba.cuda only here)."""
-    from numba import cuda
+    from warpbio.ecg import _cuda_kernels
 
-    is_window_max_gpu = cuda.jit(device=True)(is_window_max)
-    interpolate_gpu = cuda.jit(device=True)(interpolate)
-
-    @cuda.jit
-    def nms_flags_gpu(y, half, floor, flags):
-        i = cuda.grid(1)
-        if i < y.shape[0]:
-            flags[i] = is_window_max_gpu(y, i, half, floor)
-
-    @cuda.jit
-    def embed_beats_gpu(y, peaks, count, start, step, out):
-        j, beat = cuda.grid(2)
-        if beat < out.shape[0] and j < out.shape[1]:
-            peak = peaks[beat]
-            if beat < count[0] and peak >= 0:
-                out[beat, j] = interpolate_gpu(y, peak + start + j * step)
-            else:
-                out[beat, j] = 0.0
-
-    return nms_flags_gpu, embed_beats_gpu
+    return _cuda_kernels.nms_flags_gpu, _cuda_kernels.embed_beats_gpu
 
 
 def on_gpu(array) -> bool:

@@ -9,7 +9,8 @@
    step needs the host to know how many peaks there are.
 3. Pruning with an adaptive threshold: a candidate is an R peak when its
    response reaches ``alpha`` times the ``quantile`` of the responses of its
-   ``neighbours`` candidates on either side (the local R-wave level, robust to
+   ``neighbours`` candidates on either side (the window slides inwards at the
+   ends of the recording; the local R-wave level, robust to
    T waves and noise between beats) and ``floor`` times the recording's median
    level (flat or noise-only stretches yield nothing).
 
@@ -83,9 +84,12 @@ def prune(response, candidates, count, settings: PeakSettings, xp: ModuleType = 
     rows = xp.arange(capacity, dtype=xp.int64)
     valid = rows < count
     amplitude = xp.where(valid, response[xp.maximum(candidates, 0)], -xp.inf)
-    offsets = xp.arange(-settings.neighbours, settings.neighbours + 1, dtype=xp.int64)
+    width = 2 * settings.neighbours + 1
+    offsets = xp.arange(width, dtype=xp.int64)
     last = xp.maximum(count - 1, 0)
-    around = xp.clip(rows[:, None] + offsets[None, :], 0, last)
+    # the window slides inwards at the ends, so it always holds distinct candidates
+    first = xp.clip(rows - settings.neighbours, 0, xp.maximum(count - width, 0))
+    around = xp.clip(first[:, None] + offsets[None, :], 0, last)
     rank = round(settings.quantile * (offsets.shape[0] - 1))
     local = xp.sort(amplitude[around], axis=1)[:, rank]
     typical = xp.sort(xp.where(valid, local, xp.inf))[last // 2]  # median local level

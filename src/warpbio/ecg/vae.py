@@ -5,14 +5,17 @@ CUDA tensor without a copy, on the CPU the NumPy array a CPU tensor.
 
 The GPU path never asks the host how many beats there are (that would be a
 device-to-host copy): it works on the fixed-capacity beat buffer with a
-``valid`` mask. The split ranks random keys of the valid rows on the device;
+``valid`` mask. The split ranks seeded keys of the valid rows on the device;
 each epoch sorts fresh keys so the training rows come first in random order,
 and walks batches over the largest possible number of training rows, each row
 weighted 1 if it is a training row and 0 otherwise. Batches past the real
 number of training rows carry no weight and step with learning rate 0 (a
 device-side learning rate), so they change no parameter. On the CPU the counts
 are free to read and the loop stops at the last real batch; otherwise the two
-paths are the same code.
+paths are the same code. Keys are hashed from (seed, epoch, rank among the valid
+rows), so padding rows change neither the split nor the batches: on the CPU a
+padded buffer trains exactly like the compacted beats, and the GPU's split is
+the CPU's.
 
 Anomaly score per beat: the reconstruction error (mean squared error of the
 decoded latent mean) or the negative ELBO (squared error plus the KL term),
@@ -148,11 +151,36 @@ class TrainedVae:
         }
 
 
-def split_rows(valid, fraction: float, generator):
-    """Seeded split of the valid rows: (train, held_out) masks, counts kept on the device."""
+def _wrap64(value: int) -> int:
+    """A Python int as the signed 64-bit integer with the same bits."""
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def hashed_uniform(seed: int, stream: int, index):
+    """Uniform [0, 1) keys from (seed, stream, index) by the SplitMix64 finalizer.
+
+    A counter-based generator: a row's key depends on its index alone, not on
+    how many rows precede it in a buffer, and integer arithmetic makes it
+    bit-identical on the CPU and the GPU. Logical shifts are arithmetic shifts
+    with the sign bits masked off.
+    """
+    z = index.long() + _wrap64((seed * 0x9E3779B97F4A7C15) ^ (stream * 0xD1B54A32D192ED03))
+    z = (z ^ ((z >> 30) & ((1 << 34) - 1))) * _wrap64(0xBF58476D1CE4E5B9)
+    z = (z ^ ((z >> 27) & ((1 << 37) - 1))) * _wrap64(0x94D049BB133111EB)
+    z = z ^ ((z >> 31) & ((1 << 33) - 1))
+    return ((z >> 11) & ((1 << 53) - 1)).double() / float(1 << 53)
+
+
+def split_rows(valid, fraction: float, seed: int):
+    """Seeded split of the valid rows: (train, held_out) masks, counts kept on the device.
+
+    Keys are hashed from each valid row's rank among the valid rows, so the split
+    is the same with or without padding rows, and on the CPU and the GPU.
+    """
     torch = _torch()
     rows = valid.shape[0]
-    keys = torch.rand(rows, generator=generator, device=valid.device)
+    keys = hashed_uniform(seed, 0, torch.cumsum(valid.long(), 0) - 1)
     order = torch.argsort(torch.where(valid, keys, 2.0))
     rank = torch.empty_like(order)
     rank[order] = torch.arange(rows, device=valid.device)
@@ -177,8 +205,9 @@ def train_vae(beats, valid, settings: VaeSettings, seed: int, threads: int = 1) 
         torch.set_num_threads(max(int(threads), 1))
     torch.manual_seed(seed)  # weight init, made on the CPU: identical on every device
     model = build_model(x.shape[1], settings).to(device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    train, held_out, n_train = split_rows(valid, settings.train_fraction, generator)
+    generator = torch.Generator(device=device).manual_seed(seed)  # latent noise
+    train, held_out, n_train = split_rows(valid, settings.train_fraction, seed)
+    valid_rank = torch.cumsum(valid.long(), 0) - 1
     bound = int(n_train) if on_cpu else math.floor(x.shape[0] * settings.train_fraction)
     batch = settings.batch_size
     n_batches = max(math.ceil(bound / batch), 1)
@@ -193,7 +222,7 @@ def train_vae(beats, valid, settings: VaeSettings, seed: int, threads: int = 1) 
     started = time.time()
     model.train()
     for epoch in range(settings.epochs):
-        keys = torch.rand(x.shape[0], generator=generator, device=device)
+        keys = hashed_uniform(seed, epoch + 1, valid_rank)
         order = torch.argsort(torch.where(train, keys, 2.0))
         total = torch.zeros((), device=device)
         for index in range(n_batches):
