@@ -74,7 +74,7 @@ def embed_beats(
     vectors = embed_beats_kernel(signal, samples, count, start, step, settings.length)
     amplitude = xp.where(valid, signal[xp.maximum(samples, 0)], xp.inf)
     n_valid = valid.sum()
-    scale = xp.sort(amplitude)[xp.maximum(n_valid - 1, 0) // 2]  # median R amplitude
+    scale = xp.take(xp.sort(amplitude), xp.maximum(n_valid - 1, 0) // 2)  # median R amplitude
     scale = xp.where(scale > 0, scale, 1.0).astype(xp.float32)
     vectors = (vectors - vectors.mean(axis=1, keepdims=True)) / scale
     vectors = xp.where(valid[:, None], vectors, 0.0).astype(xp.float32)

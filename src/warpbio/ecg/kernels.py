@@ -5,7 +5,9 @@ the CPU (``prange`` over samples or beats) and with ``numba.cuda.jit`` for the
 GPU (one thread per sample or per beat sample). Compiling one source for both
 keeps the two paths from drifting apart; the tests check they agree, on a GPU
 and under NUMBA_ENABLE_CUDASIM=1 on any machine. ``numba.cuda`` is imported
-only when a GPU kernel is first asked for.
+only when a GPU kernel is first asked for. Where Numba's CUDA target cannot
+compile (it needs libNVVM), the same kernels written in CUDA C run through
+CuPy/NVRTC (:mod:`warpbio.ecg._cupy_kernels`).
 """
 
 from __future__ import annotations
@@ -82,12 +84,48 @@ def on_gpu(array) -> bool:
     return not isinstance(array, np.ndarray)
 
 
+def gpu_kernel_backend() -> str:
+    """Which CUDA kernels run: Numba's, or the CuPy/NVRTC ones where Numba cannot compile.
+
+    ``WARPBIO_ECG_KERNELS`` = numba | cupy forces one; by default Numba is used
+    when its CUDA target works on this machine.
+    """
+    import os
+
+    forced = os.environ.get("WARPBIO_ECG_KERNELS", "auto").lower()
+    if forced in ("numba", "cupy"):
+        return forced
+    return "numba" if _numba_cuda_works() else "cupy"
+
+
+@cache
+def _numba_cuda_works() -> bool:
+    import logging
+
+    try:
+        from numba import cuda
+
+        if not cuda.is_available():
+            raise RuntimeError("numba.cuda.is_available() is False")
+        cuda_kernels()
+        return True
+    except Exception as error:  # no libNVVM, unsupported driver, ...
+        logging.getLogger(__name__).warning(
+            "Numba's CUDA target is unusable here (%s); using the CuPy kernels", error
+        )
+        return False
+
+
 def nms_flags(y, half: int, floor: float = 0.0):
     """uint8 flags of the samples that are maxima of their +-half window and above floor."""
     if not on_gpu(y):
         flags = np.empty(y.shape[0], dtype=np.uint8)
         nms_flags_cpu(y, int(half), np.float32(floor), flags)
         return flags
+    if gpu_kernel_backend() == "cupy":
+        from warpbio.ecg import _cupy_kernels
+
+        return _cupy_kernels.nms_flags(y, half, floor)
     import cupy as cp
 
     flags = cp.empty(y.shape[0], dtype=cp.uint8)
@@ -109,10 +147,14 @@ def embed_beats_kernel(y, peaks, count, start: float, step: float, length: int):
         return out
     import cupy as cp
 
+    count_on_device = cp.asarray(count, dtype=cp.int64).reshape(1)  # no host read
+    if gpu_kernel_backend() == "cupy":
+        from warpbio.ecg import _cupy_kernels
+
+        return _cupy_kernels.embed_beats(y, peaks, count_on_device, start, step, length)
     out = cp.empty((peaks.shape[0], length), dtype=cp.float32)
     _, kernel = cuda_kernels()
     threads = (64, 4)
     blocks = ((length + threads[0] - 1) // threads[0], (peaks.shape[0] + threads[1] - 1) // 4)
-    count_on_device = cp.asarray(count, dtype=cp.int64).reshape(1)  # no host read
     kernel[blocks, threads](y, peaks, count_on_device, float(start), float(step), out)
     return out

@@ -92,7 +92,8 @@ def prune(response, candidates, count, settings: PeakSettings, xp: ModuleType = 
     around = xp.clip(first[:, None] + offsets[None, :], 0, last)
     rank = round(settings.quantile * (offsets.shape[0] - 1))
     local = xp.sort(amplitude[around], axis=1)[:, rank]
-    typical = xp.sort(xp.where(valid, local, xp.inf))[last // 2]  # median local level
+    # median local level; take() with a device index: no host read of the count
+    typical = xp.take(xp.sort(xp.where(valid, local, xp.inf)), last // 2)
     keep = (
         valid
         & (amplitude > 0)

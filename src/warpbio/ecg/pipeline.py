@@ -282,7 +282,7 @@ def score_step(ctx) -> dict:
     if len(split) != len(table) or not (split["beat"].to_numpy() == table["beat"]).all():
         raise EcgInputError(f"{ctx.input.split}: split does not match the beats; rerun training")
     scores, latent = score_beats(model, xp.asarray(vectors), settings)
-    held_out = as_tensor(xp.asarray((split["split"] == "held_out").to_numpy()))
+    held_out = as_tensor(xp.asarray((split["split"] == "held_out").to_numpy(np.uint8))).bool()
     latent = latent_2d(latent, held_out.to(latent.device))
     frame = score_table(table, split["split"].to_numpy(), scores.cpu().numpy(),
                         latent.cpu().numpy())  # fmt: skip

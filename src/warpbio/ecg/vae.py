@@ -198,7 +198,7 @@ def train_vae(beats, valid, settings: VaeSettings, seed: int, threads: int = 1) 
     """
     torch = _torch()
     x = as_tensor(beats).float()
-    valid = as_tensor(valid).bool()
+    valid = as_tensor(valid.astype("uint8")).bool()  # DLPack: uint8 travels everywhere
     device = x.device
     on_cpu = device.type == "cpu"
     if on_cpu:
