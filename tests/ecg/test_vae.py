@@ -53,17 +53,21 @@ def test_split_is_75_25_of_valid_rows_only():
     assert not (train & held_out).any()
 
 
-def test_masked_rows_change_nothing(beats):
-    """Padding rows (the GPU's fixed-capacity buffer) change neither the split nor the model."""
+def test_gpu_style_masked_training_equals_plain_training(beats):
+    """The GPU's loop (padded buffer, no host counts, empty tail batches) gives the
+    CPU's model bit for bit: padding and empty batches change nothing."""
     vectors, _ = beats
-    settings = VaeSettings(epochs=1, batch_size=64)
+    settings = VaeSettings(epochs=2, batch_size=64)
     plain = train_vae(vectors, np.ones(len(vectors), bool), settings, seed=3)
-    padded = np.concatenate([vectors, np.zeros((40, vectors.shape[1]), np.float32)])
+    padded = np.concatenate([vectors, np.zeros((300, vectors.shape[1]), np.float32)])
+    padded[len(vectors) :] = 7.0  # garbage in the padding must not leak in
     valid = np.arange(len(padded)) < len(vectors)
-    masked = train_vae(padded, valid, settings, seed=3)
+    masked = train_vae(padded, valid, settings, seed=3, host_counts=False)
+    assert int(np.ceil(0.75 * len(padded) / 64)) > int(np.ceil(len(vectors) * 0.75 / 64))
     assert (masked.train[: len(vectors)] == plain.train).all() and not masked.train[-40:].any()
     for key, value in plain.model.state_dict().items():
         assert (value == masked.model.state_dict()[key]).all(), key
+    np.testing.assert_array_equal(plain.epoch_losses.numpy(), masked.epoch_losses.numpy())
 
 
 def test_auroc_matches_definition():

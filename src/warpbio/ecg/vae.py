@@ -9,13 +9,14 @@ device-to-host copy): it works on the fixed-capacity beat buffer with a
 each epoch sorts fresh keys so the training rows come first in random order,
 and walks batches over the largest possible number of training rows, each row
 weighted 1 if it is a training row and 0 otherwise. Batches past the real
-number of training rows carry no weight and step with learning rate 0 (a
-device-side learning rate), so they change no parameter. On the CPU the counts
+number of training rows carry no weight and their optimizer step is gated off on
+the device (:class:`FlatAdam`), so they change nothing. On the CPU the counts
 are free to read and the loop stops at the last real batch; otherwise the two
-paths are the same code. Keys are hashed from (seed, epoch, rank among the valid
-rows), so padding rows change neither the split nor the batches: on the CPU a
-padded buffer trains exactly like the compacted beats, and the GPU's split is
-the CPU's.
+paths are the same code. The split, the batch order and the latent noise are
+hashed from (seed, epoch, rank among the valid rows) rather than drawn from a
+random stream, so padding rows change nothing at all: a padded buffer walked to
+the bound trains bit for bit like the compacted beats (tested on the CPU), and
+the GPU's split is the CPU's.
 
 Anomaly score per beat: the reconstruction error (mean squared error of the
 decoded latent mean) or the negative ELBO (squared error plus the KL term),
@@ -189,58 +190,108 @@ def split_rows(valid, fraction: float, seed: int):
     return train, valid & ~train, n_train
 
 
-def train_vae(beats, valid, settings: VaeSettings, seed: int, threads: int = 1) -> TrainedVae:
+def hashed_normal(seed: int, stream: int, index):
+    """Standard normal values from (seed, stream, index): Box-Muller on hashed uniforms."""
+    torch = _torch()
+    u1 = hashed_uniform(seed, stream, 2 * index)
+    u2 = hashed_uniform(seed, stream, 2 * index + 1)
+    return torch.sqrt(-2.0 * torch.log1p(-u1)) * torch.cos(2.0 * math.pi * u2)
+
+
+class FlatAdam:
+    """Adam over one flat buffer holding every parameter; ``active`` gates each step.
+
+    ``step(active)`` with ``active`` a 0-d tensor on the device: 1 is a plain Adam
+    step, 0 changes nothing (moments, step count and weights stay bit for bit),
+    so the GPU's empty tail batches are exact no-ops without the host looking at
+    the device. One buffer keeps a step at a dozen kernels whatever the layer count.
+    """
+
+    def __init__(self, model, lr: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
+        torch = _torch()
+        self.params = list(model.parameters())
+        self.flat = torch.cat([p.detach().reshape(-1) for p in self.params])
+        offset = 0
+        for param in self.params:  # parameters become views of the flat buffer
+            param.data = self.flat[offset : offset + param.numel()].view_as(param)
+            offset += param.numel()
+        self.m = torch.zeros_like(self.flat)
+        self.v = torch.zeros_like(self.flat)
+        self.t = torch.zeros((), device=self.flat.device)
+        self.lr, self.betas, self.eps = lr, betas, eps
+
+    def zero_grad(self) -> None:
+        for param in self.params:
+            param.grad = None
+
+    def step(self, active) -> None:
+        torch = _torch()
+        beta1, beta2 = self.betas
+        grad = torch.cat([p.grad.reshape(-1) for p in self.params])
+        self.t += active
+        self.m += active * (1.0 - beta1) * (grad - self.m)
+        self.v += active * (1.0 - beta2) * (grad * grad - self.v)
+        t = self.t.clamp(min=1.0)
+        m_hat = self.m / (1.0 - beta1**t)
+        v_hat = self.v / (1.0 - beta2**t)
+        self.flat -= (active * self.lr) * m_hat / (v_hat.sqrt() + self.eps)
+
+
+def train_vae(
+    beats,
+    valid,
+    settings: VaeSettings,
+    seed: int,
+    threads: int = 1,
+    host_counts: bool | None = None,
+) -> TrainedVae:
     """Fit the VAE on a seeded ``train_fraction`` of the valid beats.
 
     ``beats`` (rows, length) and ``valid`` (rows,) are NumPy or CuPy; both are
-    viewed as tensors through DLPack. Deterministic on the CPU for a seed and
-    thread count.
+    viewed as tensors through DLPack. ``host_counts`` (default: on the CPU) lets
+    the loop read the number of training beats; without it (the GPU) every epoch
+    walks batches up to the largest possible count and the empty ones are no-ops.
+    Both give the same model: the split, the batch order and the latent noise are
+    hashed from (seed, epoch, beat), never drawn from a stream. Deterministic on
+    the CPU for a seed and thread count.
     """
     torch = _torch()
     x = as_tensor(beats).float()
     valid = as_tensor(valid.astype("uint8")).bool()  # DLPack: uint8 travels everywhere
     device = x.device
-    on_cpu = device.type == "cpu"
-    if on_cpu:
+    host_counts = device.type == "cpu" if host_counts is None else host_counts
+    if device.type == "cpu":
         torch.set_num_threads(max(int(threads), 1))
     torch.manual_seed(seed)  # weight init, made on the CPU: identical on every device
     model = build_model(x.shape[1], settings).to(device)
-    generator = torch.Generator(device=device).manual_seed(seed)  # latent noise
     train, held_out, n_train = split_rows(valid, settings.train_fraction, seed)
-    valid_rank = torch.cumsum(valid.long(), 0) - 1
-    bound = int(n_train) if on_cpu else math.floor(x.shape[0] * settings.train_fraction)
+    rank = torch.cumsum(valid.long(), 0) - 1  # a beat's index among the valid rows
+    bound = int(n_train) if host_counts else math.floor(x.shape[0] * settings.train_fraction)
     batch = settings.batch_size
     n_batches = max(math.ceil(bound / batch), 1)
-    if on_cpu:
-        optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-        learning_rate = None
-    else:
-        learning_rate = torch.tensor(settings.learning_rate, device=device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, capturable=True)
+    optimizer = FlatAdam(model, settings.learning_rate)
     step_model = torch.compile(model) if settings.compile else model
+    latent = torch.arange(settings.latent_dim, device=device)
     losses = torch.zeros(settings.epochs, device=device)
     started = time.time()
     model.train()
     for epoch in range(settings.epochs):
-        keys = hashed_uniform(seed, epoch + 1, valid_rank)
+        keys = hashed_uniform(seed, epoch + 1, rank)
         order = torch.argsort(torch.where(train, keys, 2.0))
         total = torch.zeros((), device=device)
         for index in range(n_batches):
             rows = order[index * batch : (index + 1) * batch]
             position = torch.arange(rows.shape[0], device=device) + index * batch
             weight = (position < n_train).float()
-            noise = torch.randn(
-                (rows.shape[0], settings.latent_dim), generator=generator, device=device
-            )
+            noise_index = rank[rows, None] * settings.latent_dim + latent[None, :]
+            noise = hashed_normal(seed, 1_000_000 + epoch, noise_index).float()
             squared_error, kl = per_beat_terms(step_model, x[rows], noise)[:2]
             per_beat = (squared_error + settings.beta * kl) * weight
             used = weight.sum()
             loss = per_beat.sum() / used.clamp(min=1.0)
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
-            if learning_rate is not None:  # empty tail batches step with lr 0
-                learning_rate.copy_(settings.learning_rate * (used > 0).float())
-            optimizer.step()
+            optimizer.step((used > 0).float())  # an empty tail batch changes nothing
             total += per_beat.detach().sum()
         losses[epoch] = total / n_train.clamp(min=1)
         log.info("VAE epoch %d/%d (%.1f s)", epoch + 1, settings.epochs, time.time() - started)
