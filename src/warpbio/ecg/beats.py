@@ -45,15 +45,19 @@ class Beats:
     fs: float
 
     def to_host(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Beats (n, length) and their table columns, as NumPy (device-to-host copies)."""
-        valid = host(self.valid)
+        """Beats (n, length) and their table columns, as NumPy (device-to-host copies).
+
+        The masks are applied on the device, so only the beats cross, not the
+        padding of the fixed-capacity buffer.
+        """
+        valid = self.valid
         table = {
-            "sample": host(self.samples)[valid],
-            "rr_previous_s": host(self.rr_previous)[valid],
-            "rr_next_s": host(self.rr_next)[valid],
+            "sample": host(self.samples[valid]),
+            "rr_previous_s": host(self.rr_previous[valid]),
+            "rr_next_s": host(self.rr_next[valid]),
         }
         table["time_s"] = table["sample"] / self.fs
-        return host(self.vectors)[valid], table
+        return host(self.vectors[valid]), table
 
 
 def embed_beats(

@@ -107,7 +107,15 @@ def _numba_cuda_works() -> bool:
 
         if not cuda.is_available():
             raise RuntimeError("numba.cuda.is_available() is False")
-        cuda_kernels()
+        nms, embed = cuda_kernels()
+        # Numba compiles at the first launch: launch both once on small device arrays
+        # (nothing copied back), so a missing libNVVM shows here, not mid-pipeline.
+        y = cuda.device_array(8, dtype=np.float32)
+        nms[1, 8](y, 1, np.float32(0.0), cuda.device_array(8, dtype=np.uint8))
+        peaks = cuda.to_device(np.full(1, -1, dtype=np.int64))  # host-to-device only
+        count = cuda.to_device(np.zeros(1, dtype=np.int64))
+        embed[(1, 1), (4, 1)](y, peaks, count, 0.0, 1.0, cuda.device_array((1, 4), np.float32))
+        cuda.synchronize()
         return True
     except Exception as error:  # no libNVVM, unsupported driver, ...
         logging.getLogger(__name__).warning(

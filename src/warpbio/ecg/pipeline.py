@@ -158,11 +158,14 @@ def write_npy(array: np.ndarray, path) -> None:
         np.save(handle, array)
 
 
-def write_segmentation(segmented: Segmented, settings: Settings, paths: dict) -> dict:
-    """Peak table, beats, beat table and excerpt of one recording; returns its summary."""
+def write_segmentation(segmented: Segmented, settings: Settings, paths: dict, beats=None) -> dict:
+    """Peak table, beats, beat table and excerpt of one recording; returns its summary.
+
+    ``beats``: the (vectors, table) of :func:`beat_table` when already on the host.
+    """
     recording = segmented.recording
     peaks = segmented.peaks.to_host()
-    vectors, table = beat_table(segmented, settings)
+    vectors, table = beats if beats is not None else beat_table(segmented, settings)
     write_tsv(pd.DataFrame({"sample": peaks, "time_s": np.round(peaks / recording.fs, 6)}),
               paths["peaks"])  # fmt: skip
     write_npy(vectors, paths["beats"])
@@ -413,11 +416,11 @@ def run_pipeline(
     if out_dir is not None:
         started = time.perf_counter()
         out = Path(out_dir)
-        for item in segmented:
+        for item, part, table_part in zip(segmented, beat_vectors, tables, strict=True):
             name = item.recording.name
             paths = {key: out / f"{key}/{name}.{ext}" for key, ext in
                      (("peaks", "tsv"), ("beats", "npy"), ("table", "tsv"), ("excerpt", "npz"))}
-            write_segmentation(item, settings, paths)  # fmt: skip
+            write_segmentation(item, settings, paths, (part, table_part))  # fmt: skip
         write_tsv(frame, out / "scores/beats.tsv")
         write_json(summary, out / "scores/auroc.json")
         clock("write", started)
