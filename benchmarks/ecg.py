@@ -18,7 +18,8 @@ Sections (each prints as it goes; the summary table comes last):
    profiler that counts device-to-host copies between parse and scores (must be 0);
 4. CPU path: the same pipeline on NumPy/Numba/PyTorch-CPU with --threads threads
    (--cpu-epochs N trains N epochs and scales the training time to --epochs;
-   --skip-cpu skips it);
+   --skip-cpu skips it); each path trains with its own batch size (GPU --batch-size
+   4096, CPU --cpu-batch-size 256), the same epochs over the same beats;
 5. peers: XQRS and neurokit2 on the first --peer-hours of lead MLII (timed, scaled to
    the whole recording by samples/s, agreement with our peaks at 150 ms); --skip-peers.
 """
@@ -105,12 +106,16 @@ def copy_bandwidth() -> float:
     return 5 * 2 * source.nbytes / (time.perf_counter() - started)
 
 
-def settings_for(args, epochs: int):
+def settings_for(args, epochs: int, gpu: bool):
+    """Each path with the batch size that suits it: large on the GPU, ~256 rows on the CPU
+    (PyTorch's CPU convolutions slow down per row beyond that)."""
     from warpbio.ecg.pipeline import Settings
     from warpbio.ecg.vae import VaeSettings
 
-    vae = VaeSettings(epochs=epochs, batch_size=args.batch_size,
-                      learning_rate=args.learning_rate, compile=args.compile)  # fmt: skip
+    batch = args.batch_size if gpu else args.cpu_batch_size
+    rate = args.learning_rate if gpu else args.cpu_learning_rate
+    vae = VaeSettings(epochs=epochs, batch_size=batch, learning_rate=rate,
+                      compile=args.compile and gpu)  # fmt: skip
     return Settings(vae=vae)
 
 
@@ -124,7 +129,7 @@ def sheet_row(path: Path):
 def run(xp, args, path: Path, out: Path, epochs: int, count_transfers: bool = False):
     from warpbio.ecg.pipeline import run_pipeline
 
-    return run_pipeline([sheet_row(path)], settings_for(args, epochs), xp, seed=0,
+    return run_pipeline([sheet_row(path)], settings_for(args, epochs, xp is not np), xp, seed=0,
                         out_dir=out, threads=args.threads,
                         count_transfers=count_transfers)  # fmt: skip
 
@@ -274,6 +279,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--learning-rate", type=float, default=4e-3)
+    parser.add_argument("--cpu-batch-size", type=int, default=256)
+    parser.add_argument("--cpu-learning-rate", type=float, default=2e-3)
     parser.add_argument("--compile", action="store_true", help="torch.compile the VAE")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--cpu-epochs", type=int, default=0,

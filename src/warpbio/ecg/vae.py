@@ -299,10 +299,15 @@ def train_vae(
     return TrainedVae(model, settings, train, held_out, losses, time.time() - started, x.shape[1])
 
 
-def score_beats(model, beats, settings: VaeSettings, chunk: int = 16384):
-    """Anomaly score and latent mean per row (tensors on the beats' device)."""
+def score_beats(model, beats, settings: VaeSettings, chunk: int | None = None):
+    """Anomaly score and latent mean per row (tensors on the beats' device).
+
+    Chunks of 16,384 rows on the GPU, 1,024 on the CPU (where larger batches run
+    slower per row); fixed per device, so CPU scores repeat bit for bit.
+    """
     torch = _torch()
     x = as_tensor(beats).float()
+    chunk = chunk or (1024 if x.device.type == "cpu" else 16384)
     scores, latents = [], []
     with torch.no_grad():
         for start in range(0, x.shape[0], chunk):
