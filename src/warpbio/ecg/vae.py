@@ -278,14 +278,15 @@ def train_vae(
     for epoch in range(settings.epochs):
         keys = hashed_uniform(seed, epoch + 1, rank)
         order = torch.argsort(torch.where(train, keys, 2.0))
+        # the epoch's latent noise for every row at once (few kernels per batch after)
+        noise_index = rank[:, None] * settings.latent_dim + latent[None, :]
+        epoch_noise = hashed_normal(seed, 1_000_000 + epoch, noise_index).float()
         total = torch.zeros((), device=device)
         for index in range(n_batches):
             rows = order[index * batch : (index + 1) * batch]
             position = torch.arange(rows.shape[0], device=device) + index * batch
             weight = (position < n_train).float()
-            noise_index = rank[rows, None] * settings.latent_dim + latent[None, :]
-            noise = hashed_normal(seed, 1_000_000 + epoch, noise_index).float()
-            squared_error, kl = per_beat_terms(step_model, x[rows], noise)[:2]
+            squared_error, kl = per_beat_terms(step_model, x[rows], epoch_noise[rows])[:2]
             per_beat = (squared_error + settings.beta * kl) * weight
             used = weight.sum()
             loss = per_beat.sum() / used.clamp(min=1.0)
