@@ -1,6 +1,7 @@
 """The demo DAG through real Snakemake: outputs, report, reruns, seeds."""
 
 import copy
+import json
 import re
 
 import numpy as np
@@ -41,13 +42,20 @@ def test_demo_outputs_and_summary(finished_demo):
         "genotype/demo/qc/genotypes.zarr/zarr.json",
         "genotype/demo/pca/genotypes.eigenvec",
         "genotype/demo/pca/pca.png",
+        "ecg/demo/peaks/synthetic.tsv",
+        "ecg/demo/model/vae.pt",
+        "ecg/demo/scores/beats.tsv",
+        "ecg/demo/plots/latent.png",
         "summary/outputs.html",
     ):
         assert (results / path).stat().st_size > 0, path
     cells = pd.read_csv(results / "singlecell/demo/qc/cells.tsv", sep="\t")
     assert len(cells) == 3000 and cells["pct_counts_mt"].between(0, 100).all()
     summary = pd.read_csv(results / "summary/outputs.tsv", sep="\t")
-    assert set(summary["workflow"]) == {"singlecell", "genotype"}
+    assert set(summary["workflow"]) == {"singlecell", "genotype", "ecg"}
+    # acceptance 2: the anomaly score finds the injected PVCs among held-out beats
+    auroc = json.loads((results / "ecg/demo/scores/auroc.json").read_text())["held_out"]
+    assert auroc["anomalies"] >= 5 and auroc["auroc"] >= 0.95
     # the demo's three Balding-Nichols populations separate on PC1-2
     eigenvec = pd.read_csv(results / "genotype/demo/pca/genotypes.eigenvec", sep="\t")
     centroids = eigenvec.groupby("#FID")[["PC1", "PC2"]].mean()
@@ -113,6 +121,7 @@ def test_report_builds(finished_demo):
     run_snakemake(workdir, "--configfile", str(configfile), "--report", "report.html")
     html = (workdir / "report.html").read_text(errors="replace")
     assert "Summary" in html and "Genotype PCA" in html and "Single-cell RNA-seq" in html
+    assert "ECG" in html
 
 
 def test_rerun_with_nothing_changed_runs_nothing(finished_demo):
@@ -141,6 +150,18 @@ def test_rerun_with_nothing_changed_runs_nothing(finished_demo):
                 "singlecell_simulate",
                 "singlecell_qc",
                 "singlecell_preprocess",
+                "summary",
+                "all",
+            },
+        ),
+        (
+            "ecg",
+            {
+                "ecg_simulate",
+                "ecg_segment",
+                "ecg_train",
+                "ecg_score",
+                "ecg_plots",
                 "summary",
                 "all",
             },

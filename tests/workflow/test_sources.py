@@ -14,6 +14,7 @@ def test_files_and_bed_sources(tmp_path):
         name: str(REPO / path) for name, path in config["singlecell"]["samples"].items()
     }
     config["genotype"]["bed"] = str(REPO / config["genotype"]["bed"])
+    config["ecg"]["samples"] = str(REPO / config["ecg"]["samples"])
     configfile = write_config(tmp_path, config)
     run_snakemake(tmp_path, "--cores", "2", "--configfile", str(configfile))
     cells = pd.read_csv(tmp_path / "results/singlecell/tiny/qc/cells.tsv", sep="\t")
@@ -31,6 +32,14 @@ def test_files_and_bed_sources(tmp_path):
     summary = pd.read_csv(tmp_path / "results/summary/outputs.tsv", sep="\t")
     assert summary["bytes"].notna().all() and (summary["bytes"] > 0).all()
     assert not (tmp_path / "results/genotype/tiny/simulated.bed").exists()
+    peaks = pd.read_csv(tmp_path / "results/ecg/tiny/peaks/tiny.tsv", sep="\t")
+    reference = pd.read_csv(REPO / "resources/ecg/tiny.annotations.tsv", sep="\t")
+    assert len(peaks) == len(reference)
+    offset = abs(peaks["sample"].to_numpy() - reference["sample"].to_numpy()) / 250
+    assert (offset <= 0.04).all()  # PVCs: the peak of the wide QRS comes up to 30 ms late
+    scores = pd.read_csv(tmp_path / "results/ecg/tiny/scores/beats.tsv", sep="\t")
+    assert scores["anomaly"].sum() >= 8 and scores["score"].notna().all()
+    assert not (tmp_path / "results/ecg/tiny/simulated").exists()
 
 
 def test_bad_counts_stop_preprocessing_with_no_output(tmp_path):
@@ -85,6 +94,7 @@ def test_vcf_source(tmp_path):
     (tmp_path / "tiny.vcf").write_text("\n".join(lines) + "\n")
     config = {
         "singlecell": {"enabled": False},
+        "ecg": {"enabled": False},
         "genotype": {
             "dataset": "fromvcf",
             "source": "vcf",

@@ -1,4 +1,5 @@
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -18,11 +19,12 @@ from warpbio.config import (
     validate_config,
 )
 from warpbio.device import DeviceError, resolve_backend
+from warpbio.ecg.io import EcgInputError, SheetRow, read_sample_sheet, wfdb_record_path
 from warpbio.provenance import source_digest
 
 SCHEMA = str(Path(workflow.basedir) / "schemas" / "config.schema.yaml")
 WORKFLOWS = ("singlecell", "genotype", "ecg", "fold")
-NOT_YET_IMPLEMENTED = ("ecg", "fold")
+NOT_YET_IMPLEMENTED = ("fold",)
 
 
 def fail(message):
@@ -212,3 +214,58 @@ def genotype_pca_inputs(wildcards):
             dataset=wildcards.dataset
         )
     return inputs
+
+
+# ECG: recordings (simulated or from the sample sheet), known at parse time
+
+
+def ecg_sheet_rows():
+    """Recording id -> sample-sheet row (as a dict), known at parse time."""
+    if config["ecg"]["source"] == "simulate":
+        simulated = SheetRow(
+            recording="synthetic",
+            path=done("ecg", "simulated/synthetic.csv"),
+            format="csv",
+            fs=float(config["ecg"]["simulate"]["fs"]),
+            lead="MLII",
+            annotations=done("ecg", "simulated/synthetic.annotations.tsv"),
+        )
+        return {simulated.recording: vars(simulated)}
+    sheet = config["ecg"]["samples"]
+    if not sheet:
+        fail(
+            "config key 'ecg.samples' is empty but ecg.source is 'sheet'; give a TSV "
+            "sample sheet (recording, path, format, fs, lead, annotations) or use "
+            "source: simulate"
+        )
+    try:
+        rows = read_sample_sheet(sheet)
+    except EcgInputError as error:
+        fail(f"config key 'ecg.samples': {error}")
+    return {row.recording: vars(row) for row in rows}
+
+
+ECG_ROWS = ecg_sheet_rows() if enabled("ecg") else {}
+ECG_RECORDINGS = sorted(ECG_ROWS)
+ECG_SETTINGS = {
+    key: config["ecg"][key] for key in ("filter", "peaks", "beats", "label_tolerance_s")
+}
+
+
+def ecg_recording_files(wildcards):
+    """Files one recording is read from: its data, header and annotations."""
+    row = SheetRow(**ECG_ROWS[wildcards.recording])
+    files = row.input_files()
+    if row.format == "wfdb":
+        import wfdb
+
+        record = wfdb_record_path(row.path)
+        folder = Path(record).parent
+        files += [str(folder / name) for name in set(wfdb.rdheader(record).file_name)]
+        if row.annotations:
+            files.append(f"{record}.{row.annotations}")
+    return files
+
+
+def ecg_per_recording(path):
+    return expand(out("ecg", path), recording=ECG_RECORDINGS, allow_missing=True)

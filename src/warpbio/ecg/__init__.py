@@ -1,0 +1,1 @@
+"""ECG workflow: R-peak detection, beat embedding and VAE beat anomaly scores."""
