@@ -277,7 +277,7 @@ def _nanny_cluster(envs: list[dict[str, str]]):
         }
         for number, env in enumerate(envs)
     }
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": None, "dashboard": False}}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0", "dashboard": False}}
     return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.WARNING)
 
 
