@@ -83,7 +83,6 @@ def test_dense_x_and_damaged_files_are_refused(tmp_path):
         read_csr(cut)
 
 
-
 RANGES = [(0, 500), (0, 1), (7, 8), (3, 260), (250, 251), (499, 500), (120, 120), (6, 9)]
 
 
@@ -132,6 +131,7 @@ def test_row_ranges_of_damaged_files_are_refused(tmp_path):
     ad.AnnData(X=adata.X.toarray(), obs=adata.obs, var=adata.var).write_h5ad(dense)
     with pytest.raises(FileLayoutError, match="not a CSR matrix"):
         read_csr_rows(dense, 0, 10)
+
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not gpu_available(), reason="needs a CUDA GPU and CuPy")

@@ -76,6 +76,10 @@ rule singlecell_qc:
         "../scripts/singlecell_qc.py"
 
 
+# gpus > 1 (gpu backend) or dask_workers > 0 (cpu backend): the Dask path.
+SINGLECELL_PREPROCESS = config["singlecell"]["preprocess"]
+
+
 rule singlecell_preprocess:
     input:
         h5ad=singlecell_raw,
@@ -95,13 +99,13 @@ rule singlecell_preprocess:
         benchmark_path("singlecell", "preprocess")
     conda:
         conda_env("singlecell")
-    threads: 2
+    threads: max(2, SINGLECELL_PREPROCESS["dask_workers"])
     resources:
-        gpu=gpus("singlecell"),
+        gpu=gpus("singlecell", SINGLECELL_PREPROCESS["gpus"]),
         mem_mb=mem_mb(8000),
         runtime=60,
     params:
-        preprocess=config["singlecell"]["preprocess"],
+        preprocess=SINGLECELL_PREPROCESS,
         backend=backend("singlecell"),
     script:
         "../scripts/singlecell_preprocess.py"

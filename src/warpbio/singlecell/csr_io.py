@@ -243,6 +243,15 @@ def read_csr_rows(
     )
 
 
+def read_obs_var(path: str | os.PathLike):
+    """The ``obs`` and ``var`` data frames of an .h5ad, without reading ``X``."""
+    from anndata.io import read_elem
+
+    path = Path(path)
+    with _open_hdf5(path) as handle:
+        return read_elem(handle["obs"]), read_elem(handle["var"])
+
+
 def _host_blocks(array, block: int = 1 << 26):
     """Host copies of consecutive blocks of a NumPy or CuPy 1-D array."""
     for start in range(0, array.shape[0], block):

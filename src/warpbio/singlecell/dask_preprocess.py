@@ -95,6 +95,7 @@ log = logging.getLogger(__name__)
 
 CELL_METRICS = ("total_counts", "n_genes_by_counts", "pct_counts_mt")
 WORKER_CHECK_S = 5.0  # how often a wait looks for workers that died
+LOCALHOST = "127.0.0.1"  # scheduler and workers listen on this node only
 
 # ======================================================================
 # Worker side: one CellChunk per (job, chunk) in each worker process
@@ -166,7 +167,7 @@ class CellChunk:
 
     def group_sums(self, n_groups: int, clip: np.ndarray | None, codes: np.ndarray | None):
         xp = self.xp
-        codes = None if codes is None else xp.asarray(codes)
+        codes = None if codes is None else xp.asarray(codes, dtype=xp.int64)
         clip = None if clip is None else xp.asarray(clip)
         return _group_column_sums(self.matrix, codes, n_groups, clip)
 
@@ -240,9 +241,13 @@ def _close_chunk(key: str) -> None:
         cupy.get_default_memory_pool().free_all_blocks()
 
 
-def _decompose(backend: str, sums, lower, n_rows: int, n_comps: int) -> PcaResult:
-    """eigh of the summed scatter on this worker's device; host results."""
+def _decompose(backend: str, n_rows: int, n_comps: int, *parts) -> PcaResult:
+    """eigh of the chunks' summed scatter on this worker's device; host results.
+
+    ``parts`` are the chunks' (sums, lower triangle) in chunk order: Dask moves
+    them here from the other workers directly, and they are added in that order."""
     xp = _device_module(backend)
+    sums, lower = _stack_pairs(parts)
     width = sums.shape[0]
     scatter = xp.zeros((width, width), dtype=xp.float64)
     rows, cols = xp.tril_indices(width)
@@ -273,11 +278,20 @@ def _nanny_cluster(envs: list[dict[str, str]]):
     workers = {
         str(number): {
             "cls": Nanny,
-            "options": {"nthreads": 1, "memory_limit": 0, "env": env, "name": str(number)},
+            "options": {
+                "nthreads": 1,
+                "memory_limit": 0,  # the chunks are ours, not Dask's to spill or police
+                "env": env,
+                "name": str(number),
+                "host": LOCALHOST,
+            },
         }
         for number, env in enumerate(envs)
     }
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0", "dashboard": False}}
+    scheduler = {
+        "cls": Scheduler,
+        "options": {"host": LOCALHOST, "dashboard_address": ":0", "dashboard": False},
+    }
     return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.WARNING)
 
 
@@ -294,6 +308,7 @@ def _gpu_cluster(gpu_ids: list[str]):
         memory_limit=0,  # the chunks are ours, not Dask's to spill
         device_memory_limit=0,
         dashboard_address=None,
+        host=LOCALHOST,
         silence_logs=logging.WARNING,
     )
 
@@ -309,7 +324,19 @@ def dask_client(
     GPU of ``gpu_ids`` (default: CUDA_VISIBLE_DEVICES, the job's lease) on the gpu
     backend, else CPU worker processes (``processes=False``: threads of this
     process) that see no GPU. Closed on exit."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
+
+    with (
+        _quiet_distributed(),
+        _cluster(n_workers, backend, gpu_ids, processes) as cluster,
+        Client(cluster, direct_to_workers=True) as client,  # results not via the scheduler
+    ):
+        client.wait_for_workers(n_workers)
+        yield client
+
+
+def _cluster(n_workers: int, backend: str, gpu_ids, processes: bool):
+    from distributed import LocalCluster
 
     if n_workers < 1:
         raise ValueError(f"n_workers = {n_workers} must be >= 1")
@@ -333,9 +360,19 @@ def dask_client(
             memory_limit=0,
             silence_logs=logging.WARNING,
         )
-    with cluster, Client(cluster) as client:
-        client.wait_for_workers(n_workers)
-        yield client
+    return cluster
+
+
+@contextmanager
+def _quiet_distributed() -> Iterator[None]:
+    """distributed's INFO lines (every connection, start and close) off the job log."""
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 # ======================================================================
@@ -364,7 +401,7 @@ class ChunkSet:
 
     def open(self, path: Path, read_threads: int) -> list[tuple[int, int]]:
         """Each worker reads its chunks' cells; (rows, entries) per chunk."""
-        return self._gather(
+        return self.gather(
             [
                 self._submit(
                     i, _open_chunk, key, str(path), start, stop, self.backend, read_threads
@@ -384,17 +421,25 @@ class ChunkSet:
             pure=False,
         )
 
-    def _gather(self, futures) -> list:
-        """Results in chunk order; the first chunk's error is raised as itself."""
+    def wait(self, futures) -> None:
+        """Until every future is done, watching for workers that die meanwhile."""
         from distributed import wait
 
         while True:
             try:
                 wait(futures, timeout=WORKER_CHECK_S)
-                break
+                return
             except TimeoutError:
                 self._check_workers()
-        return [future.result() for future in futures]
+
+    def gather(self, futures) -> list:
+        """Results in chunk order, straight from the workers; the first failed
+        chunk's error is raised as itself."""
+        self.wait(futures)
+        for future in futures:
+            if future.status == "error":
+                future.result()
+        return self.client.gather(futures, direct=True)
 
     def _check_workers(self) -> None:
         alive = set(self.client.nthreads())
@@ -407,19 +452,19 @@ class ChunkSet:
                     "then use more GPUs or a machine with more memory"
                 )
 
+    def submit_all(self, method: str, *args, per_chunk: Callable[[int], tuple] | None = None):
+        """Futures of ``method(*args, *per_chunk(i))`` on every chunk i, in chunk order."""
+        return [
+            self._submit(i, _call_chunk, key, method, *args, *(per_chunk(i) if per_chunk else ()))
+            for i, key in enumerate(self.keys)
+        ]
+
     def call(self, method: str, *args, per_chunk: Callable[[int], tuple] | None = None) -> list:
         """``method(*args, *per_chunk(i))`` on every chunk i; results in chunk order."""
-        return self._gather(
-            [
-                self._submit(
-                    i, _call_chunk, key, method, *args, *(per_chunk(i) if per_chunk else ())
-                )
-                for i, key in enumerate(self.keys)
-            ]
-        )
+        return self.gather(self.submit_all(method, *args, per_chunk=per_chunk))
 
     def on_first_worker(self, function: Callable, *args):
-        return self._gather([self._submit(0, function, *args)])[0]
+        return self.gather([self._submit(0, function, *args)])[0]
 
     def set_kept(self, rows_per_chunk: Sequence[int]) -> None:
         self.kept_bounds = [0, *np.cumsum(rows_per_chunk).tolist()]
@@ -645,10 +690,15 @@ class _Run:
             shape = (n_kept, int(hvg_columns.size))
             n_pcs = effective_n_pcs(settings, shape)
             check_n_comps(n_pcs, *shape)
-            sums, lower = _stack_pairs(chunks.call("scatter"))
-            result = chunks.on_first_worker(_decompose, self.backend, sums, lower, n_kept, n_pcs)
-            parts = chunks.call("project", result.mean, result.components)
-            result.embedding = np.concatenate(parts).astype(np.float32, copy=False)
+            # the scatter matrices (genes x genes) go from worker to worker, not via here
+            scatters = chunks.submit_all("scatter")
+            result = chunks.on_first_worker(_decompose, self.backend, n_kept, n_pcs, *scatters)
+            del scatters
+            projected = chunks.submit_all("project", result.mean, result.components)
+            chunks.wait(projected)
+        with self.stage("gather embedding"):
+            embedding = chunks.gather(projected)
+            result.embedding = np.concatenate(embedding).astype(np.float32, copy=False)
         matrix = None
         if self.gather_matrix:
             with self.stage("gather matrix"):
@@ -682,6 +732,8 @@ class _Run:
 def _seurat_v3(chunks: ChunkSet, settings: PreprocessSettings, kept_batches, n_kept: int):
     """seurat_v3 HVGs: per-batch sums, loess on the client, clipped sums, ranking."""
     codes, n_groups, sizes = batch_codes(kept_batches, n_kept)
+    if codes is not None:  # sent to the workers: the narrowest integer type
+        codes = codes.astype(np.min_scalar_type(max(n_groups - 1, 0)))
     per_chunk = (lambda i: (None,)) if codes is None else chunks.slices(codes, kept=True)
     sums, squares = _stack_pairs(chunks.call("group_sums", n_groups, None, per_chunk=per_chunk))
     mean, var = mean_var_from_sums(sums.sum(axis=0), squares.sum(axis=0), n_kept)

@@ -37,6 +37,7 @@ from warpbio.singlecell.sparse import Csr, _host, module_of
 log = logging.getLogger(__name__)
 
 COVARIATES = ("total_counts", "pct_counts_mt", "n_genes_by_counts")
+EXECUTION_KEYS = ("gpus", "dask_workers")  # where the chain runs, not what it computes
 
 
 class PreprocessError(ValueError):
@@ -67,7 +68,7 @@ class PreprocessSettings:
     @classmethod
     def from_config(cls, config: Mapping) -> PreprocessSettings:
         """From ``singlecell.preprocess`` (schema defaults filled in)."""
-        values = dict(config)
+        values = {k: v for k, v in config.items() if k not in EXECUTION_KEYS}
         hvg = dict(values.pop("hvg", {}) or {})
         if hvg.get("max_disp") is None:
             hvg.pop("max_disp", None)  # null = no upper bound
@@ -505,16 +506,33 @@ def plot_preprocessing(adata, path) -> None:
     plt.close(fig)
 
 
+def dask_worker_count(ctx) -> int:
+    """Workers of the Dask path for this job, 0 for the one-device chain: one per
+    leased GPU when the gpu backend leased more than one, else the cpu backend's
+    ``dask_workers``."""
+    if ctx.backend == "gpu":
+        return ctx.lease.count if ctx.lease.count > 1 else 0
+    return int(ctx.params.preprocess.get("dask_workers", 0) or 0)
+
+
 def preprocess_step(ctx) -> dict:
-    """Snakemake step: raw ``input.h5ad`` -> ``output.h5ad``, ``.filtering``, ``.plot``."""
+    """Snakemake step: raw ``input.h5ad`` -> ``output.h5ad``, ``.filtering``, ``.plot``;
+    on one device, or over Dask workers (:func:`dask_worker_count`) that read
+    their own cells from the file."""
     import anndata as ad
 
     from warpbio.io import atomic_write
+    from warpbio.singlecell.csr_io import read_obs_var
     from warpbio.singlecell.sparse import from_scipy
 
     settings = PreprocessSettings.from_config(ctx.params.preprocess)
     path = str(ctx.input.h5ad)
-    raw = ad.read_h5ad(path)
+    workers = dask_worker_count(ctx)
+    if workers:  # the workers read X themselves
+        obs, var = read_obs_var(path)
+        raw = ad.AnnData(obs=obs, var=var)
+    else:
+        raw = ad.read_h5ad(path)
     log.info("read %d cells x %d genes from %s", raw.n_obs, raw.n_vars, path)
     batch_key = settings.hvg.batch_key
     if batch_key is not None and batch_key not in raw.obs:
@@ -524,16 +542,30 @@ def preprocess_step(ctx) -> dict:
         )
     batches = None if batch_key is None else raw.obs[batch_key].astype(str).to_numpy()
     try:
-        counts = from_scipy(raw.X, ctx.xp, copy=False)
-        raw.X = None  # the device copy (or the CSR just built) is all we need
-        result = preprocess_counts(
-            counts,
-            list(raw.var_names),
-            settings,
-            source=path,
-            cell_names=raw.obs_names,
-            batches=batches,
-        )
+        if workers:
+            from warpbio.singlecell.dask_preprocess import preprocess_distributed
+
+            result, _ = preprocess_distributed(
+                path,
+                settings,
+                workers,
+                ctx.backend,
+                gpu_ids=ctx.lease.ids or None,
+                gene_names=list(raw.var_names),
+                cell_names=raw.obs_names,
+                batches=batches,
+            )
+        else:
+            counts = from_scipy(raw.X, ctx.xp, copy=False)
+            raw.X = None  # the device copy (or the CSR just built) is all we need
+            result = preprocess_counts(
+                counts,
+                list(raw.var_names),
+                settings,
+                source=path,
+                cell_names=raw.obs_names,
+                batches=batches,
+            )
     except PreprocessError as error:
         raise PreprocessError(
             f"{path}: {error}" if path not in str(error) else str(error)
@@ -553,4 +585,5 @@ def preprocess_step(ctx) -> dict:
         "target_sum": result.target_sum,
         "pca_variance_ratio": result.pca.variance_ratio.tolist(),
         "timings_s": result.timings,
+        "dask_workers": workers,
     }
