@@ -266,9 +266,11 @@ def _worker_gpus() -> str | None:
 
 
 def visible_gpu_ids() -> list[str]:
-    """The GPU ids this process may use: the lease the runner exported."""
-    value = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    return [item.strip() for item in value.split(",") if item.strip()]
+    """The GPU ids this process may use: CUDA_VISIBLE_DEVICES (in a job, the lease
+    the runner exported), else every GPU nvidia-smi lists."""
+    from warpbio.device import discover_gpu_pool
+
+    return discover_gpu_pool()
 
 
 def _nanny_cluster(envs: list[dict[str, str]]):
