@@ -224,3 +224,37 @@ def test_brain_chunks_equal_the_single_device(client, brain_h5ad, flavor):
         path, settings, 3, "cpu", client=client, bounds=[0, 1, 3333, 3334, 7001, raw.n_obs]
     )
     assert_same_result(chunked, single, n_pcs_checked=10)
+
+
+def test_unsorted_and_duplicate_entries_are_made_canonical(client, simulated, tmp_path):
+    """Files whose rows list genes out of order or twice: summed and sorted per
+    chunk, as the single-device path does for the whole matrix."""
+    from warpbio.singlecell.csr_io import write_csr_h5ad
+
+    sim, _ = simulated
+    x = sim.counts.tocsr()
+    data, indices = x.data.copy(), x.indices.copy()
+    for row in (5, 400, 899):  # reverse three rows, then split a count in two
+        a, b = x.indptr[row], x.indptr[row + 1]
+        data[a:b], indices[a:b] = data[a:b][::-1], indices[a:b][::-1]
+    indices[x.indptr[600] + 1] = indices[x.indptr[600]]  # a duplicate gene in row 600
+    messy = sp.csr_matrix((data, indices, x.indptr), shape=x.shape)
+    assert not messy.has_canonical_format
+    path = tmp_path / "messy.h5ad"
+    adata = to_anndata(sim)
+    write_csr_h5ad(path, data, indices, x.indptr, x.shape, adata.obs, adata.var)
+    settings = settings_for("cell_ranger")
+    single = single_device(messy, sim.gene_names, settings)
+    chunked, _ = preprocess_distributed(
+        path, settings, 3, "cpu", client=client, bounds=[0, 300, 600, 601, 900]
+    )
+    assert_same_result(chunked, single)
+
+
+def test_a_lost_worker_is_named(client):
+    from warpbio.singlecell.dask_preprocess import ChunkSet, WorkerLostError
+
+    chunks = ChunkSet(client, [0, 10, 20], "cpu")
+    chunks.places[1] = "tcp://127.0.0.1:9"  # a worker that is not there
+    with pytest.raises(WorkerLostError, match=r"holding cells 10-20 \(tcp://127\.0\.0\.1:9\)"):
+        chunks._check_workers()
