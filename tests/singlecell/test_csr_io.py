@@ -8,7 +8,13 @@ import scipy.sparse as sp
 
 from warpbio.device import gpu_available
 from warpbio.singlecell import csr_io
-from warpbio.singlecell.csr_io import FileLayoutError, read_csr, write_csr_h5ad
+from warpbio.singlecell.csr_io import (
+    FileLayoutError,
+    csr_shape,
+    read_csr,
+    read_csr_rows,
+    write_csr_h5ad,
+)
 
 
 def random_anndata(n_cells=500, n_genes=300, seed=0):
@@ -77,6 +83,56 @@ def test_dense_x_and_damaged_files_are_refused(tmp_path):
         read_csr(cut)
 
 
+RANGES = [(0, 500), (0, 1), (7, 8), (3, 260), (250, 251), (499, 500), (120, 120), (6, 9)]
+
+
+@pytest.mark.parametrize("layout", ["anndata chunks", "gzip", "contiguous"])
+def test_reads_row_ranges_on_their_own(tmp_path, monkeypatch, layout):
+    """Each range alone, from chunked (anndata's), filtered and contiguous files;
+    ranges start and stop inside chunks and staging buffers, and cell 7 is empty."""
+    monkeypatch.setattr(csr_io, "CHUNK_BYTES", 1000)
+    adata = random_anndata(seed=3)
+    x = sp.csr_matrix(adata.X)
+    path = tmp_path / "rows.h5ad"
+    if layout == "contiguous":
+        write_csr_h5ad(path, x.data, x.indices, x.indptr, adata.shape, adata.obs, adata.var)
+    else:
+        adata.write_h5ad(path, compression="gzip" if layout == "gzip" else None)
+    assert csr_shape(path) == adata.shape
+    for start, stop in RANGES:
+        rows = read_csr_rows(path, start, stop, threads=3)
+        expected = x[start:stop]
+        assert rows.shape == expected.shape and rows.start == start
+        np.testing.assert_array_equal(rows.indptr, expected.indptr)
+        np.testing.assert_array_equal(rows.indices, expected.indices)
+        np.testing.assert_array_equal(rows.data, expected.data)
+        assert (rows.data.dtype, rows.indices.dtype, rows.indptr.dtype) == (
+            np.float32,
+            np.int32,
+            np.int64,
+        )
+    with pytest.raises(ValueError, match=r"rows \[400, 501\) outside X's 500 rows"):
+        read_csr_rows(path, 400, 501)
+
+
+def test_row_ranges_of_damaged_files_are_refused(tmp_path):
+    import h5py
+
+    adata = random_anndata()
+    path = tmp_path / "bad.h5ad"
+    adata.write_h5ad(path)
+    with h5py.File(path, "r+") as handle:
+        indptr = handle["X/indptr"][:]
+        indptr[10] = indptr[-1] + 5  # past the stored values
+        handle["X/indptr"][:] = indptr
+    with pytest.raises(FileLayoutError, match=r"bad\.h5ad: X's indptr over rows \[0, 20\)"):
+        read_csr_rows(path, 0, 20)
+    dense = tmp_path / "dense.h5ad"
+    ad.AnnData(X=adata.X.toarray(), obs=adata.obs, var=adata.var).write_h5ad(dense)
+    with pytest.raises(FileLayoutError, match="not a CSR matrix"):
+        read_csr_rows(dense, 0, 10)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not gpu_available(), reason="needs a CUDA GPU and CuPy")
 def test_reads_to_the_gpu(tmp_path, monkeypatch):
@@ -96,3 +152,9 @@ def test_reads_to_the_gpu(tmp_path, monkeypatch):
         a.get() for a in (on_gpu.data, on_gpu.indices, on_gpu.indptr)
     )
     assert_same(on_gpu, adata)
+
+    rows = read_csr_rows(path, 333, 1500, cp)
+    assert isinstance(rows.data, cp.ndarray) and isinstance(rows.indptr, cp.ndarray)
+    np.testing.assert_array_equal(rows.data.get(), x[333:1500].data)
+    np.testing.assert_array_equal(rows.indices.get(), x[333:1500].indices)
+    np.testing.assert_array_equal(rows.indptr.get(), x[333:1500].indptr)

@@ -78,6 +78,16 @@ rule singlecell_qc:
         "../scripts/singlecell_qc.py"
 
 
+# gpus > 1 (gpu backend) or dask_workers > 0 (cpu backend): the Dask path, with a
+# thread per CPU worker or two per GPU worker (its file reads).
+SINGLECELL_PREPROCESS = config["singlecell"]["preprocess"]
+SINGLECELL_PREPROCESS_THREADS = max(
+    2,
+    SINGLECELL_PREPROCESS["dask_workers"],
+    gpus("singlecell", 2 * SINGLECELL_PREPROCESS["gpus"]),
+)
+
+
 rule singlecell_preprocess:
     input:
         h5ad=singlecell_raw,
@@ -97,13 +107,13 @@ rule singlecell_preprocess:
         benchmark_path("singlecell", "preprocess")
     conda:
         conda_env("singlecell")
-    threads: 2
+    threads: SINGLECELL_PREPROCESS_THREADS
     resources:
-        gpu=gpus("singlecell"),
+        gpu=gpus("singlecell", SINGLECELL_PREPROCESS["gpus"]),
         mem_mb=mem_mb(8000),
         runtime=60,
     params:
-        preprocess=config["singlecell"]["preprocess"],
+        preprocess=SINGLECELL_PREPROCESS,
         backend=backend("singlecell"),
     script:
         "../scripts/singlecell_preprocess.py"

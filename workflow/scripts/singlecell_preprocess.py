@@ -5,4 +5,6 @@ import _bootstrap  # noqa: F401 - this checkout's src/ first on sys.path
 from warpbio.runner import run_step
 from warpbio.singlecell.preprocess import preprocess_step
 
-run_step(snakemake, preprocess_step)  # noqa: F821 - snakemake is injected by the script directive
+# Guarded: Dask worker processes start by spawn, which re-imports this script.
+if __name__ == "__main__":
+    run_step(snakemake, preprocess_step)  # noqa: F821 - snakemake is injected by the script directive

@@ -97,24 +97,29 @@ def _pread_into(fd: int, target: memoryview, pieces, pool: ThreadPoolExecutor) -
     list(pool.map(read, jobs))
 
 
-def _read_dataset(path: Path, dataset, xp: ModuleType, pool: ThreadPoolExecutor):
-    """One 1-D dataset into a NumPy or CuPy array of its dtype."""
+def _read_dataset(
+    path: Path, dataset, xp: ModuleType, pool: ThreadPoolExecutor, first: int = 0, last=None
+):
+    """Elements [first, last) of a 1-D dataset into a NumPy or CuPy array of its dtype."""
+    last = dataset.shape[0] if last is None else last
+    n = last - first
     extents = _extents(dataset)
-    n = dataset.shape[0]
     if extents is None:  # filtered: h5py decodes it
-        return xp.asarray(dataset[:]) if n else xp.empty(0, dataset.dtype)
-    nbytes = n * dataset.dtype.itemsize
+        return xp.asarray(dataset[first:last]) if n else xp.empty(0, dataset.dtype)
+    itemsize = dataset.dtype.itemsize
     with open(path, "rb") as handle:
         fd = handle.fileno()
         if xp is np:
             out = np.empty(n, dtype=dataset.dtype)
-            _pread_into(fd, memoryview(out.view(np.uint8)), _pieces(extents, 0, nbytes), pool)
+            pieces = _pieces(extents, first * itemsize, last * itemsize)
+            _pread_into(fd, memoryview(out.view(np.uint8)), pieces, pool)
             return out
-        return _read_to_device(fd, extents, n, dataset.dtype, pool)
+        return _read_to_device(fd, extents, n, dataset.dtype, pool, first * itemsize)
 
 
-def _read_to_device(fd: int, extents, n: int, dtype, pool: ThreadPoolExecutor):
-    """Double-buffered: read chunk i + 1 into pinned memory while chunk i copies."""
+def _read_to_device(fd: int, extents, n: int, dtype, pool: ThreadPoolExecutor, offset: int = 0):
+    """Array bytes [offset, offset + n * itemsize) to the GPU, double-buffered: read
+    chunk i + 1 into pinned memory while chunk i copies."""
     import cupy as cp
     import cupyx
 
@@ -130,7 +135,7 @@ def _read_to_device(fd: int, extents, n: int, dtype, pool: ThreadPoolExecutor):
         if copied[slot] is not None:
             copied[slot].synchronize()
         host = buffers[slot][: last - first]
-        _pread_into(fd, memoryview(host), _pieces(extents, first, last), pool)
+        _pread_into(fd, memoryview(host), _pieces(extents, offset + first, offset + last), pool)
         target[first:last].set(host, stream=stream)
         copied[slot] = stream.record()
     stream.synchronize()
@@ -143,24 +148,35 @@ def _names(group) -> np.ndarray:
     return np.asarray(read_elem(group).index, dtype=object)
 
 
+def _csr_group(handle, path: Path):
+    """The X group of an open .h5ad and its shape; a clear error unless it is CSR."""
+    import h5py
+
+    group = handle.get("X")
+    encoding = group.attrs.get("encoding-type", "") if isinstance(group, h5py.Group) else ""
+    if encoding != "csr_matrix":
+        raise FileLayoutError(
+            f"{path}: X is {encoding or 'dense'}, not a CSR matrix; write it with "
+            "adata.X = scipy.sparse.csr_matrix(adata.X) before adata.write_h5ad"
+        )
+    return group, tuple(int(v) for v in group.attrs["shape"])
+
+
+def _open_hdf5(path: Path):
+    import h5py
+
+    if not h5py.is_hdf5(path):
+        raise FileLayoutError(f"{path}: not an HDF5 file (truncated or another format)")
+    return h5py.File(path, "r")
+
+
 def read_csr(
     path: str | os.PathLike, xp: ModuleType = np, threads: int = READ_THREADS
 ) -> CsrArrays:
     """``X`` (CSR) of an .h5ad on xp's device: data float32, indices int32, indptr int64."""
-    import h5py
-
     path = Path(path)
-    if not h5py.is_hdf5(path):
-        raise FileLayoutError(f"{path}: not an HDF5 file (truncated or another format)")
-    with h5py.File(path, "r") as handle, ThreadPoolExecutor(threads) as pool:
-        group = handle.get("X")
-        encoding = group.attrs.get("encoding-type", "") if isinstance(group, h5py.Group) else ""
-        if encoding != "csr_matrix":
-            raise FileLayoutError(
-                f"{path}: X is {encoding or 'dense'}, not a CSR matrix; write it with "
-                "adata.X = scipy.sparse.csr_matrix(adata.X) before adata.write_h5ad"
-            )
-        shape = tuple(int(v) for v in group.attrs["shape"])
+    with _open_hdf5(path) as handle, ThreadPoolExecutor(threads) as pool:
+        group, shape = _csr_group(handle, path)
         parts = {name: _read_dataset(path, group[name], xp, pool) for name in group}
         obs_names, var_names = _names(handle["obs"]), _names(handle["var"])
     data = parts["data"].astype(xp.float32, copy=False)
@@ -172,6 +188,68 @@ def read_csr(
             f"match its shape {shape} and {data.shape[0]} stored values; the file is damaged"
         )
     return CsrArrays(data, indices, indptr, shape, obs_names, var_names)
+
+
+@dataclass
+class CsrRows:
+    """Rows [start, start + shape[0]) of ``X`` on xp's device, indptr from 0."""
+
+    data: object
+    indices: object
+    indptr: object
+    shape: tuple[int, int]
+    start: int
+
+
+def csr_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """(cells, genes) of an .h5ad's CSR ``X``, from its attributes alone."""
+    path = Path(path)
+    with _open_hdf5(path) as handle:
+        return _csr_group(handle, path)[1]
+
+
+def read_csr_rows(
+    path: str | os.PathLike,
+    start: int,
+    stop: int,
+    xp: ModuleType = np,
+    threads: int = READ_THREADS,
+) -> CsrRows:
+    """Cells [start, stop) of an .h5ad's CSR ``X`` on xp's device, read on their own:
+    the indptr slice, then the byte ranges of data and indices it spans, by
+    parallel preads (chunked, anndata-written datasets read chunk by chunk; filtered
+    ones through h5py). Data float32, indices int32, indptr int64 starting at 0."""
+    path = Path(path)
+    with _open_hdf5(path) as handle, ThreadPoolExecutor(threads) as pool:
+        group, shape = _csr_group(handle, path)
+        if not 0 <= start <= stop <= shape[0]:
+            raise ValueError(f"{path}: rows [{start}, {stop}) outside X's {shape[0]} rows")
+        offsets = np.asarray(group["indptr"][start : stop + 1], dtype=np.int64)
+        first, last = int(offsets[0]), int(offsets[-1])
+        stored = int(group["data"].shape[0])
+        if np.any(np.diff(offsets) < 0) or last > stored or group["indices"].shape[0] != stored:
+            raise FileLayoutError(
+                f"{path}: X's indptr over rows [{start}, {stop}) runs from {first} to {last}, "
+                f"not ascending within the {stored} stored values; the file is damaged"
+            )
+        data = _read_dataset(path, group["data"], xp, pool, first, last)
+        indices = _read_dataset(path, group["indices"], xp, pool, first, last)
+    return CsrRows(
+        data.astype(xp.float32, copy=False),
+        indices.astype(xp.int32, copy=False),
+        xp.asarray(offsets - first),
+        (stop - start, shape[1]),
+        start,
+    )
+
+
+def read_obs_var(path: str | os.PathLike):
+    """The ``obs`` and ``var`` data frames of an .h5ad, without reading ``X``."""
+    from anndata.io import read_elem
+
+    path = Path(path)
+    with _open_hdf5(path) as handle:
+        return read_elem(handle["obs"]), read_elem(handle["var"])
 
 
 def _host_blocks(array, block: int = 1 << 26):

@@ -70,8 +70,12 @@ class HvgSettings:
 
 def gene_mean_var(matrix: Csr, function=None) -> tuple[np.ndarray, np.ndarray]:
     """Per-gene mean and variance (ddof 1, as scanpy's _get_mean_var), on the host."""
-    n = matrix.shape[0]
     sums, sums_sq = matrix.column_sums(function, squares=True)
+    return mean_var_from_sums(sums, sums_sq, matrix.shape[0])
+
+
+def mean_var_from_sums(sums, sums_sq, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance (ddof 1) on the host from per-gene sums over ``n`` cells."""
     mean = _host(sums) / n
     var = _host(sums_sq) / n - mean**2
     if n != 1:
@@ -167,34 +171,39 @@ def _group_column_sums(counts: Csr, groups, n_groups: int, clip=None):
     return _host(sums).reshape(n_groups, n_cols), _host(squares).reshape(n_groups, n_cols)
 
 
-def seurat_v3_table(counts: Csr, settings: HvgSettings, batches=None):
-    """scanpy's seurat_v3 on raw counts, per batch when ``batches`` (a label per
-    cell) is given: two passes over the matrix, the rest on per-gene vectors."""
-    import pandas as pd
-
-    xp = counts.xp
-    n_top = 2000 if settings.n_top_genes is None else settings.n_top_genes
-    mean, var = gene_mean_var(counts)
+def batch_codes(batches, n_cells: int):
+    """(codes per cell or None, number of groups, cells per group) of the batch labels."""
     if batches is None:
-        codes, n_groups, sizes = None, 1, np.array([counts.shape[0]])
-    else:
-        names, codes = np.unique(np.asarray(batches), return_inverse=True)
-        n_groups, sizes = names.size, np.bincount(codes, minlength=names.size)
-        codes = xp.asarray(codes.astype(np.int64))
-    sums, squares = _group_column_sums(counts, codes, n_groups)
-    n = sizes[:, None].astype(np.float64)
+        return None, 1, np.array([n_cells])
+    names, codes = np.unique(np.asarray(batches), return_inverse=True)
+    return codes.astype(np.int64), names.size, np.bincount(codes, minlength=names.size)
+
+
+def seurat_v3_clip(sums, squares, sizes, span: float):
+    """Per-batch mean, loess-regularized standard deviation and the clip value
+    (mean + sqrt(n) * sd, flattened as :func:`_group_column_sums` takes it) from
+    the per-batch sums and sums of squares of the raw counts; on the host."""
+    n = np.asarray(sizes)[:, None].astype(np.float64)
     batch_mean = sums / n
     batch_var = (squares / n - batch_mean**2) * (n / (n - 1))
     regularized_sd = np.empty_like(batch_var)
-    for b in range(n_groups):
+    for b in range(batch_var.shape[0]):
         varying = batch_var[b] > 0
-        fitted = np.zeros(var.size, dtype=np.float64)
+        fitted = np.zeros(batch_var.shape[1], dtype=np.float64)
         fitted[varying] = loess_fitted(
-            np.log10(batch_mean[b, varying]), np.log10(batch_var[b, varying]), span=settings.span
+            np.log10(batch_mean[b, varying]), np.log10(batch_var[b, varying]), span=span
         )
         regularized_sd[b] = np.sqrt(10**fitted)
-    clip = xp.asarray((regularized_sd * np.sqrt(n) + batch_mean).ravel())
-    clipped_sum, clipped_sq = _group_column_sums(counts, codes, n_groups, clip)
+    return batch_mean, regularized_sd, (regularized_sd * np.sqrt(n) + batch_mean).ravel()
+
+
+def seurat_v3_finish(
+    mean, var, sizes, batch_mean, regularized_sd, clipped_sum, clipped_sq, n_top: int, batched
+):
+    """scanpy's seurat_v3 ranking and selection from the per-gene vectors."""
+    import pandas as pd
+
+    n = np.asarray(sizes)[:, None].astype(np.float64)
     normalized_var = (1 / ((n - 1) * np.square(regularized_sd))) * (
         (n * np.square(batch_mean)) + clipped_sq - 2 * clipped_sum * batch_mean
     )
@@ -224,9 +233,36 @@ def seurat_v3_table(counts: Csr, settings: HvgSettings, batches=None):
     selected = np.zeros(len(table), dtype=bool)
     selected[order[: int(n_top)]] = True
     table.insert(0, "highly_variable", selected)
-    if batches is None:
+    if not batched:
         table = table.drop(columns="highly_variable_nbatches")
     return table
+
+
+def seurat_v3_n_top(settings: HvgSettings) -> int:
+    return 2000 if settings.n_top_genes is None else settings.n_top_genes
+
+
+def seurat_v3_table(counts: Csr, settings: HvgSettings, batches=None):
+    """scanpy's seurat_v3 on raw counts, per batch when ``batches`` (a label per
+    cell) is given: two passes over the matrix, the rest on per-gene vectors."""
+    xp = counts.xp
+    mean, var = gene_mean_var(counts)
+    codes, n_groups, sizes = batch_codes(batches, counts.shape[0])
+    codes = None if codes is None else xp.asarray(codes)
+    sums, squares = _group_column_sums(counts, codes, n_groups)
+    batch_mean, regularized_sd, clip = seurat_v3_clip(sums, squares, sizes, settings.span)
+    clipped_sum, clipped_sq = _group_column_sums(counts, codes, n_groups, xp.asarray(clip))
+    return seurat_v3_finish(
+        mean,
+        var,
+        sizes,
+        batch_mean,
+        regularized_sd,
+        clipped_sum,
+        clipped_sq,
+        seurat_v3_n_top(settings),
+        batches is not None,
+    )
 
 
 def highly_variable_genes(matrix: Csr, settings: HvgSettings, batches=None):

@@ -67,19 +67,41 @@ def _top_eigenpairs(scatter, n_comps: int, xp) -> tuple[np.ndarray, np.ndarray]:
 
 def pca(matrix, n_comps: int = 50, block_rows: int = BLOCK_ROWS) -> PcaResult:
     """Exact PCA of a dense float32 (cells x genes) matrix on NumPy or CuPy."""
-    xp = module_of(matrix)
     n_rows, n_cols = matrix.shape
+    check_n_comps(n_comps, n_rows, n_cols)
+    sums, scatter = scatter_moments(matrix, block_rows)
+    result = decompose_scatter(sums, scatter, n_rows, n_comps)
+    result.embedding = project(matrix, result.mean, result.components, block_rows)
+    return result
+
+
+def check_n_comps(n_comps: int, n_rows: int, n_cols: int) -> None:
     if not 1 <= n_comps <= min(n_rows, n_cols):
         raise ValueError(
             f"n_pcs = {n_comps} must lie in 1..{min(n_rows, n_cols)} "
             f"(the smaller of {n_rows} cells and {n_cols} highly variable genes)"
         )
+
+
+def scatter_moments(matrix, block_rows: int = BLOCK_ROWS):
+    """Float64 column sums and X^T X of these rows (on the matrix's device): all
+    the decomposition needs, and additive over row chunks."""
+    xp = module_of(matrix)
+    n_rows, n_cols = matrix.shape
     sums = xp.zeros(n_cols, dtype=xp.float64)
     scatter = xp.zeros((n_cols, n_cols), dtype=xp.float64)
     for start in range(0, n_rows, block_rows):
         block = matrix[start : start + block_rows].astype(xp.float64)
         sums += block.sum(axis=0)
         scatter += block.T @ block
+    return sums, scatter
+
+
+def decompose_scatter(sums, scatter, n_rows: int, n_comps: int) -> PcaResult:
+    """Components, variances and mean from the summed moments of all ``n_rows``
+    rows (``eigh`` on their device); the embedding is left to :func:`project`.
+    ``scatter`` is centered in place."""
+    xp = module_of(scatter)
     mean = sums / n_rows
     scatter -= n_rows * xp.outer(mean, mean)
     values, vectors = _top_eigenpairs(scatter, n_comps, xp)
@@ -88,9 +110,17 @@ def pca(matrix, n_comps: int = 50, block_rows: int = BLOCK_ROWS) -> PcaResult:
     components = _flip_signs(vectors.T)
     variance = values / max(n_rows - 1, 1)
     ratio = values / total if total > 0 else np.zeros_like(values)
+    return PcaResult(None, components, variance, ratio, _host(mean))
+
+
+def project(matrix, mean, components, block_rows: int = BLOCK_ROWS):
+    """Float32 (rows x n_comps) coordinates of the centered rows on the components."""
+    xp = module_of(matrix)
+    n_rows = matrix.shape[0]
+    mean = xp.asarray(mean)
     loadings = xp.asarray(components.T)
-    embedding = xp.empty((n_rows, n_comps), dtype=xp.float32)
+    embedding = xp.empty((n_rows, components.shape[0]), dtype=xp.float32)
     for start in range(0, n_rows, block_rows):
         block = matrix[start : start + block_rows].astype(xp.float64) - mean
         embedding[start : start + block_rows] = (block @ loadings).astype(xp.float32)
-    return PcaResult(embedding, components, variance, ratio, _host(mean))
+    return embedding

@@ -32,11 +32,12 @@ from warpbio.singlecell.hvg import HvgSettings, highly_variable_genes
 from warpbio.singlecell.pca import PcaResult, pca
 from warpbio.singlecell.qc import QcMetrics, mito_mask, qc_metrics
 from warpbio.singlecell.scale import regress_out, scale
-from warpbio.singlecell.sparse import Csr, _host
+from warpbio.singlecell.sparse import Csr, _host, module_of
 
 log = logging.getLogger(__name__)
 
 COVARIATES = ("total_counts", "pct_counts_mt", "n_genes_by_counts")
+EXECUTION_KEYS = ("gpus", "dask_workers")  # where the chain runs, not what it computes
 
 
 class PreprocessError(ValueError):
@@ -67,7 +68,7 @@ class PreprocessSettings:
     @classmethod
     def from_config(cls, config: Mapping) -> PreprocessSettings:
         """From ``singlecell.preprocess`` (schema defaults filled in)."""
-        values = dict(config)
+        values = {k: v for k, v in config.items() if k not in EXECUTION_KEYS}
         hvg = dict(values.pop("hvg", {}) or {})
         if hvg.get("max_disp") is None:
             hvg.pop("max_disp", None)  # null = no upper bound
@@ -99,10 +100,17 @@ def stage(name: str, xp: ModuleType, timings: dict[str, float]) -> Iterator[None
 # ---------------------------------------------------------------- checks
 
 
-def check_counts(
-    counts: Csr, source: str = "the count matrix", cell_names: Sequence[str] | None = None
-) -> None:
-    """Counts must be finite and >= 0; otherwise one message naming the first bad cell."""
+@dataclass(frozen=True)
+class BadCounts:
+    """What :func:`count_problems` found: how many bad values, the first one and its row."""
+
+    n_bad: int
+    first_value: float
+    first_row: int
+
+
+def count_problems(counts: Csr) -> BadCounts | None:
+    """Negative or non-finite counts of ``counts`` (row numbers local to it), or None."""
     xp = counts.xp
     for first, end, start, stop in counts.row_blocks():
         data = counts.data[start:stop]
@@ -115,15 +123,30 @@ def check_counts(
                 int((~xp.isfinite(counts.data[a:b]) | (counts.data[a:b] < 0)).sum())
                 for _, _, a, b in counts.row_blocks()
             )
-            kind = "negative" if np.isfinite(value) else "non-finite"
-            cell = (
-                f"cell {cell_names[row]!r} (row {row})" if cell_names is not None else f"row {row}"
-            )
-            raise PreprocessError(
-                f"{source}: {n_bad} {kind} or invalid count(s), first {value!r} in {cell}; "
-                "the preprocessing needs raw UMI counts (>= 0): give the raw matrix, "
-                "not normalized, scaled or corrupted values"
-            )
+            return BadCounts(n_bad, value, row)
+    return None
+
+
+def bad_counts_message(
+    problem: BadCounts, source: str, cell_names: Sequence[str] | None = None
+) -> str:
+    value, row = problem.first_value, problem.first_row
+    kind = "negative" if np.isfinite(value) else "non-finite"
+    cell = f"cell {cell_names[row]!r} (row {row})" if cell_names is not None else f"row {row}"
+    return (
+        f"{source}: {problem.n_bad} {kind} or invalid count(s), first {value!r} in {cell}; "
+        "the preprocessing needs raw UMI counts (>= 0): give the raw matrix, "
+        "not normalized, scaled or corrupted values"
+    )
+
+
+def check_counts(
+    counts: Csr, source: str = "the count matrix", cell_names: Sequence[str] | None = None
+) -> None:
+    """Counts must be finite and >= 0; otherwise one message naming the first bad cell."""
+    problem = count_problems(counts)
+    if problem is not None:
+        raise PreprocessError(bad_counts_message(problem, source, cell_names))
 
 
 # ---------------------------------------------------------------- filtering
@@ -159,8 +182,14 @@ def filter_cells_and_genes(
     """Masks of the cells passing every cell filter and the genes then seen in
     at least ``min_cells`` of them; filters applied in order, each one's removals
     counted among the cells the previous ones kept."""
-    xp = counts.xp
-    n_cells, n_genes = counts.shape
+    keep, table = filter_cells(metrics, settings, counts.shape[0], counts.xp)
+    gene_n_cells = counts.column_nnz(rows=keep)
+    genes = filter_genes(gene_n_cells, settings, table)
+    return FilterResult(_host(keep), _host(genes), _host(gene_n_cells), table)
+
+
+def filter_cells(metrics: QcMetrics, settings: PreprocessSettings, n_cells: int, xp):
+    """(mask of the cells that pass, filter table rows) from the per-cell metrics."""
     keep = xp.ones(n_cells, dtype=bool)
     table = []
     for name, threshold, passes in _cell_criteria(metrics, settings, xp):
@@ -170,14 +199,21 @@ def filter_cells_and_genes(
         table.append(_row("cells", name, threshold, before, after))
     if not bool(keep.any()):
         raise PreprocessError(_nothing_left("cells", n_cells, table))
-    gene_n_cells = counts.column_nnz(rows=keep)
+    return keep, table
+
+
+def filter_genes(gene_n_cells, settings: PreprocessSettings, table: list[dict]):
+    """Mask of the genes seen in at least ``min_cells`` kept cells (a row added to
+    ``table``), from the per-gene count of kept cells expressing them."""
+    xp = module_of(gene_n_cells)
+    n_genes = int(gene_n_cells.shape[0])
     genes = xp.ones(n_genes, dtype=bool)
     if settings.min_cells is not None:
         genes = gene_n_cells >= settings.min_cells
         table.append(_row("genes", "min_cells", settings.min_cells, n_genes, int(genes.sum())))
         if not bool(genes.any()):
             raise PreprocessError(_nothing_left("genes", n_genes, table))
-    return FilterResult(_host(keep), _host(genes), _host(gene_n_cells), table)
+    return genes
 
 
 def _row(axis: str, name: str, threshold, before: int, after: int) -> dict:
@@ -211,18 +247,64 @@ def normalize_total(counts: Csr, target_sum: float | None = None) -> float:
     As scanpy: the size factor total / target is rounded to float32 and divides
     the float32 counts. Cells with no counts keep no entries (nothing divided).
     """
-    xp = counts.xp
     totals = counts.row_sums()
+    target_sum = normalization_target(totals, target_sum)
+    divide_by_size_factors(counts, totals, target_sum)
+    return target_sum
+
+
+def normalization_target(totals, target_sum: float | None) -> float:
+    """``target_sum``, or the median of the per-cell totals (all cells) when None."""
     if target_sum is None:
+        xp = module_of(totals)
         target_sum = float(xp.median(totals.astype(xp.float32)))
+    return float(target_sum)
+
+
+def divide_by_size_factors(counts: Csr, totals, target_sum: float) -> None:
+    xp = counts.xp
     factors = (totals / target_sum).astype(xp.float32)
     factors = xp.where(factors > 0, factors, xp.float32(1))
     counts.scale_rows(factors, divide=True)
-    return float(target_sum)
 
 
 def log1p(matrix: Csr) -> None:
     matrix.apply(matrix.xp.log1p)
+
+
+# ------------------------------------------------- checks shared by the drivers
+
+
+def check_hvg_inputs(settings: PreprocessSettings, n_genes: int, batches) -> None:
+    n_top = settings.hvg.n_top_genes
+    if n_top is not None and n_top > n_genes:
+        log.warning("n_top_genes %d > %d genes: every gene is highly variable", n_top, n_genes)
+    if settings.hvg.batch_key is not None and batches is None:
+        raise PreprocessError(f"hvg.batch_key {settings.hvg.batch_key!r} needs a label per cell")
+
+
+def hvg_column_indices(hvg_table, settings: PreprocessSettings) -> np.ndarray:
+    """Positions of the highly variable genes; at least two are needed."""
+    hvg_columns = np.flatnonzero(hvg_table["highly_variable"].to_numpy())
+    if hvg_columns.size < 2:
+        raise PreprocessError(
+            f"only {hvg_columns.size} highly variable gene(s) of {len(hvg_table)} "
+            f"({settings.hvg.flavor}); set singlecell.preprocess.hvg.n_top_genes"
+        )
+    return hvg_columns
+
+
+def effective_n_pcs(settings: PreprocessSettings, shape: tuple[int, int]) -> int:
+    n_pcs = min(settings.n_pcs, *shape)
+    if n_pcs < settings.n_pcs:
+        log.warning("n_pcs lowered from %d to %d (the matrix is %d x %d)",
+                    settings.n_pcs, n_pcs, *shape)  # fmt: skip
+    return n_pcs
+
+
+def covariate_matrix(cell_metrics: Mapping, names: Sequence[str], xp):
+    """(n_cells, len(names)) float64 design columns of per-cell metrics on xp's device."""
+    return xp.stack([xp.asarray(cell_metrics[name], dtype=xp.float64) for name in names], axis=1)
 
 
 # ---------------------------------------------------------------- the chain
@@ -274,13 +356,7 @@ def preprocess_counts(
         "n_genes_by_counts": _host(metrics.n_genes_by_counts[kept]),
         "pct_counts_mt": _host(metrics.pct_counts_mt[kept]),
     }
-    n_top = settings.hvg.n_top_genes
-    if n_top is not None and n_top > matrix.shape[1]:
-        log.warning(
-            "n_top_genes %d > %d genes: every gene is highly variable", n_top, matrix.shape[1]
-        )
-    if settings.hvg.batch_key is not None and batches is None:
-        raise PreprocessError(f"hvg.batch_key {settings.hvg.batch_key!r} needs a label per cell")
+    check_hvg_inputs(settings, matrix.shape[1], batches)
     kept_batches = None if batches is None else np.asarray(batches)[filtering.cells]
     hvg_table = None
     if settings.hvg.needs_counts:
@@ -292,29 +368,16 @@ def preprocess_counts(
     if hvg_table is None:
         with stage("highly variable genes", xp, timings):
             hvg_table = highly_variable_genes(matrix, settings.hvg)
-    hvg_columns = np.flatnonzero(hvg_table["highly_variable"].to_numpy())
-    if hvg_columns.size < 2:
-        raise PreprocessError(
-            f"only {hvg_columns.size} highly variable gene(s) of {matrix.shape[1]} "
-            f"({settings.hvg.flavor}); set singlecell.preprocess.hvg.n_top_genes"
-        )
+    hvg_columns = hvg_column_indices(hvg_table, settings)
     with stage("densify HVGs", xp, timings):
         dense = matrix.dense_columns(hvg_columns)
     if settings.regress_out:
         with stage("regress_out", xp, timings):
-            covariates = xp.stack(
-                [xp.asarray(cell_metrics[name], dtype=xp.float64) for name in settings.regress_out],
-                axis=1,
-            )
-            regress_out(dense, covariates)
+            regress_out(dense, covariate_matrix(cell_metrics, settings.regress_out, xp))
     with stage("scale", xp, timings):
         scale(dense, settings.scale_max)
     with stage("PCA", xp, timings):
-        n_pcs = min(settings.n_pcs, *dense.shape)
-        if n_pcs < settings.n_pcs:
-            log.warning("n_pcs lowered from %d to %d (the matrix is %d x %d)",
-                        settings.n_pcs, n_pcs, *dense.shape)  # fmt: skip
-        result = pca(dense, n_pcs)
+        result = pca(dense, effective_n_pcs(settings, dense.shape))
         del dense
     return PreprocessResult(
         matrix,
@@ -442,16 +505,33 @@ def plot_preprocessing(adata, path) -> None:
     plt.close(fig)
 
 
+def dask_worker_count(ctx) -> int:
+    """Workers of the Dask path for this job, 0 for the one-device chain: one per
+    leased GPU when the gpu backend leased more than one, else the cpu backend's
+    ``dask_workers``."""
+    if ctx.backend == "gpu":
+        return ctx.lease.count if ctx.lease.count > 1 else 0
+    return int(ctx.params.preprocess.get("dask_workers", 0) or 0)
+
+
 def preprocess_step(ctx) -> dict:
-    """Snakemake step: raw ``input.h5ad`` -> ``output.h5ad``, ``.filtering``, ``.plot``."""
+    """Snakemake step: raw ``input.h5ad`` -> ``output.h5ad``, ``.filtering``, ``.plot``;
+    on one device, or over Dask workers (:func:`dask_worker_count`) that read
+    their own cells from the file."""
     import anndata as ad
 
     from warpbio.io import atomic_write
+    from warpbio.singlecell.csr_io import read_obs_var
     from warpbio.singlecell.sparse import from_scipy
 
     settings = PreprocessSettings.from_config(ctx.params.preprocess)
     path = str(ctx.input.h5ad)
-    raw = ad.read_h5ad(path)
+    workers = dask_worker_count(ctx)
+    if workers:  # the workers read X themselves
+        obs, var = read_obs_var(path)
+        raw = ad.AnnData(obs=obs, var=var)
+    else:
+        raw = ad.read_h5ad(path)
     log.info("read %d cells x %d genes from %s", raw.n_obs, raw.n_vars, path)
     batch_key = settings.hvg.batch_key
     if batch_key is not None and batch_key not in raw.obs:
@@ -461,16 +541,30 @@ def preprocess_step(ctx) -> dict:
         )
     batches = None if batch_key is None else raw.obs[batch_key].astype(str).to_numpy()
     try:
-        counts = from_scipy(raw.X, ctx.xp, copy=False)
-        raw.X = None  # the device copy (or the CSR just built) is all we need
-        result = preprocess_counts(
-            counts,
-            list(raw.var_names),
-            settings,
-            source=path,
-            cell_names=raw.obs_names,
-            batches=batches,
-        )
+        if workers:
+            from warpbio.singlecell.dask_preprocess import preprocess_distributed
+
+            result, _ = preprocess_distributed(
+                path,
+                settings,
+                workers,
+                ctx.backend,
+                gpu_ids=ctx.lease.ids or None,
+                gene_names=list(raw.var_names),
+                cell_names=raw.obs_names,
+                batches=batches,
+            )
+        else:
+            counts = from_scipy(raw.X, ctx.xp, copy=False)
+            raw.X = None  # the device copy (or the CSR just built) is all we need
+            result = preprocess_counts(
+                counts,
+                list(raw.var_names),
+                settings,
+                source=path,
+                cell_names=raw.obs_names,
+                batches=batches,
+            )
     except PreprocessError as error:
         raise PreprocessError(
             f"{path}: {error}" if path not in str(error) else str(error)
@@ -490,4 +584,5 @@ def preprocess_step(ctx) -> dict:
         "target_sum": result.target_sum,
         "pca_variance_ratio": result.pca.variance_ratio.tolist(),
         "timings_s": result.timings,
+        "dask_workers": workers,
     }

@@ -13,7 +13,7 @@ from types import ModuleType
 
 import numpy as np
 
-from warpbio.singlecell.sparse import as_csr, from_scipy
+from warpbio.singlecell.sparse import Csr, as_csr, from_scipy
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +41,35 @@ def qc_metrics(counts, mito: np.ndarray, xp: ModuleType) -> QcMetrics:
     CSR do not count (as in scanpy).
     """
     matrix = as_csr(counts, xp)
+    total, n_genes, pct_mt = cell_qc_metrics(matrix, mito)
+    return QcMetrics(
+        total_counts=total,
+        n_genes_by_counts=n_genes,
+        pct_counts_mt=pct_mt,
+        gene_n_cells_by_counts=matrix.column_sums(_detected).astype(xp.int64),
+        gene_total_counts=matrix.column_sums(),
+    )
+
+
+def _detected(data, genes):
+    return data > 0
+
+
+def cell_qc_metrics(matrix: Csr, mito: np.ndarray):
+    """Per-cell total_counts (float64), n_genes_by_counts (int64) and pct_counts_mt
+    (float64) of a device CSR; each row's values depend on that row alone."""
+    xp = matrix.xp
     mito_weights = xp.asarray(mito, dtype=xp.float32)
 
     def mito_counts(data, genes):
         return data * mito_weights[genes]
 
-    def detected(data, genes):
-        return data > 0
-
     total = matrix.row_sums()
     safe_total = xp.where(total > 0, total, 1.0)
-    return QcMetrics(
-        total_counts=total,
-        n_genes_by_counts=matrix.row_sums(detected).astype(xp.int64),
-        pct_counts_mt=100.0 * matrix.row_sums(mito_counts) / safe_total,
-        gene_n_cells_by_counts=matrix.column_sums(detected).astype(xp.int64),
-        gene_total_counts=matrix.column_sums(),
+    return (
+        total,
+        matrix.row_sums(_detected).astype(xp.int64),
+        100.0 * matrix.row_sums(mito_counts) / safe_total,
     )
 
 
