@@ -29,6 +29,8 @@ def reference_config(num_blocks: int = 2, ptm: bool = True):
     gc.zero_init = False
     gc.deterministic = True
     gc.use_remat = False
+    cfg.model.calc_extended_ptm = False  # RunModel sets these two
+    cfg.model.use_probs_extended = False
     evo = cfg.model.embeddings_and_evoformer
     evo.evoformer_num_block = num_blocks
     # the official monomer weights use the unfused triangle-multiplication layout
