@@ -16,13 +16,13 @@ torch = pytest.importorskip("torch")
 import haiku as hk  # noqa: E402
 import jax  # noqa: E402
 from alphafold.model import modules  # noqa: E402
+
 from fold.af2_reference import (  # noqa: E402
     atom_masks,
     flatten,
     perturb_constants,
     reference_config,
 )
-
 from warpbio.fold.config import InferenceOptions, ModelConfig  # noqa: E402
 from warpbio.fold.model.alphafold import AlphaFold  # noqa: E402
 from warpbio.fold.params import load_params  # noqa: E402
