@@ -202,10 +202,13 @@ def deduplicate(msa: Msa) -> Msa:
             continue
         seen.add(sequence)
         keep.append(index)
+    descriptions = msa.descriptions
+    if len(descriptions) != len(msa.sequences):
+        descriptions = [""] * len(msa.sequences)
     return Msa(
         [msa.sequences[i] for i in keep],
         [msa.deletion_matrix[i] for i in keep],
-        [msa.descriptions[i] for i in keep] if msa.descriptions else [],
+        [descriptions[i] for i in keep],
     )
 
 
