@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -35,7 +36,7 @@ class Comparison:
 
 def read_ca(path: str | os.PathLike, chain: str | None = None) -> dict[int, np.ndarray]:
     """C-alpha coordinates by residue number from a PDB or mmCIF file (first model)."""
-    text = open(path).read()
+    text = Path(path).read_text()
     if str(path).endswith((".cif", ".mmcif")) or text.lstrip().startswith("data_"):
         return _read_ca_mmcif(text, chain)
     coords: dict[int, np.ndarray] = {}
@@ -77,9 +78,8 @@ def _read_ca_mmcif(text: str, chain: str | None) -> dict[int, np.ndarray]:
                 number,
                 np.array([float(row["Cartn_x"]), float(row["Cartn_y"]), float(row["Cartn_z"])]),
             )
-        elif in_loop and columns and line.startswith(("#", "loop_")):
-            if coords:
-                break
+        elif in_loop and coords and line.startswith(("#", "loop_")):
+            break
     return coords
 
 
