@@ -19,7 +19,7 @@ from warpbio.device import DeviceError, resolve_backend
 
 SCHEMA = str(Path(workflow.basedir) / "schemas" / "config.schema.yaml")
 WORKFLOWS = ("singlecell", "genotype", "ecg", "fold")
-NOT_YET_IMPLEMENTED = ("ecg", "fold")
+NOT_YET_IMPLEMENTED = ("ecg",)
 
 
 def fail(message):
@@ -185,3 +185,25 @@ def genotype_pca_inputs(wildcards):
             dataset=wildcards.dataset
         )
     return inputs
+
+
+def fold_msa_inputs(wildcards):
+    """The targets' FASTA, plus the given MSA file or the search database."""
+    msa = config["fold"]["msa"]
+    inputs = {"fasta": config["fold"]["fasta"]}
+    if msa["mode"] == "files":
+        inputs["msa"] = msa["files"][wildcards.target]
+    elif msa["mode"] in ("mmseqs2", "jackhmmer"):
+        inputs["database"] = msa["database"]
+    return inputs
+
+
+def fold_model_outputs(wildcards, kind):
+    """One file of every configured model of a target: kind pdb or json."""
+    name = "unrelaxed.pdb" if kind == "pdb" else "scores.json"
+    return [
+        out("fold", f"{wildcards.target}/{model}/{name}").format(
+            dataset=wildcards.dataset
+        )
+        for model in config["fold"]["models"]
+    ]

@@ -220,3 +220,16 @@ def recycle_batch(features, recycle: int) -> dict[str, np.ndarray]:
     for key in PER_RECYCLE:
         batch[key] = features[key][recycle % features[key].shape[0]]
     return batch
+
+
+def save_features(path, features: dict[str, np.ndarray]) -> None:
+    """Write the features npz atomically."""
+    from warpbio.io import atomic_write
+
+    with atomic_write(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **features)
+
+
+def load_features(path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}

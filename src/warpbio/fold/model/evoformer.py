@@ -80,11 +80,11 @@ class Transition(nn.Module):
         self.transition1 = Linear(num_channel, num_channel * factor)
         self.transition2 = Linear(num_channel * factor, num_channel)
 
-    def _apply(self, act):
+    def _rows(self, act):
         return self.transition2(torch.relu(self.transition1(self.input_layer_norm(act))))
 
     def forward(self, act, mask=None, chunk_size=None):
-        return chunked(self._apply, [act], [], chunk_size)
+        return chunked(self._rows, [act], [], chunk_size)
 
 
 class OuterProductMean(nn.Module):
