@@ -3,9 +3,9 @@
 :class:`ModelConfig` holds the architecture (the numbers of the official
 ``model_*`` configs; every official monomer model has the same shapes, only
 ``ptm`` models add the predicted-aligned-error head). :class:`InferenceOptions`
-holds what may change between runs of the same weights: recycles, chunking,
-dtype. Chunk sizes are the hook for the memory/speed work of part 2; ``None``
-means "whole tensor at once".
+holds what may change between runs of the same weights: recycles and chunking.
+Chunk sizes are the hook for the memory/speed work of part 2; ``None`` means
+"whole tensor at once".
 """
 
 from __future__ import annotations
@@ -94,4 +94,3 @@ class InferenceOptions:
 
     num_recycle: int = 3
     chunk_size: int | None = None
-    dtype: str = "float32"

@@ -109,7 +109,8 @@ def predict(
     timings["to_device"] = time.perf_counter() - started
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    progress = Progress("recycling iterations", options.num_recycle + 1, unit="iterations")
+    blocks = model.config.evoformer_num_block
+    progress = Progress("Evoformer blocks", (options.num_recycle + 1) * blocks, unit="blocks")
     recycle_times: list[float] = []
     tick = [time.perf_counter()]
 
@@ -119,9 +120,14 @@ def predict(
         now = time.perf_counter()
         recycle_times.append(now - tick[0])
         tick[0] = now
-        progress.update()
+        log.info("recycle %d done in %.2f s", index, recycle_times[-1])
 
-    out = model.predict(lambda r: batches[r % len(batches)], options, on_recycle=on_recycle)
+    out = model.predict(
+        lambda r: batches[r % len(batches)],
+        options,
+        on_recycle=on_recycle,
+        on_block=lambda _index: progress.update(),
+    )
     timings["inference"] = sum(recycle_times)
     for index, seconds in enumerate(recycle_times):
         timings[f"recycle_{index}"] = seconds
