@@ -112,3 +112,10 @@ def test_export_then_load_round_trip(small_arrays):
     assert set(again) == set(small_arrays)
     for key, value in small_arrays.items():
         np.testing.assert_array_equal(again[key], value)
+
+
+def test_template_weights_of_model_1_and_2_are_skipped(small_arrays):
+    arrays = dict(small_arrays)
+    arrays["alphafold/alphafold_iteration/evoformer/template_embedding/x//weights"] = np.zeros(3)
+    arrays["alphafold/alphafold_iteration/evoformer/template_projection//bias"] = np.zeros(3)
+    load_params(AlphaFold(ModelConfig().with_depth(2)), arrays)

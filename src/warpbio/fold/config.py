@@ -10,8 +10,7 @@ Chunk sizes are the hook for the memory/speed work of part 2; ``None`` means
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -62,15 +61,6 @@ class ModelConfig:
 
     def with_depth(self, evoformer_num_block: int) -> ModelConfig:
         return replace(self, evoformer_num_block=evoformer_num_block)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        values = dict(values)
-        structure = StructureConfig(**values.pop("structure", {}))
-        return cls(structure=structure, **values)
 
 
 def model_config(name: str) -> ModelConfig:

@@ -27,12 +27,8 @@ ROOT_SCOPE = "alphafold"
 PAE_SCOPE = "alphafold/alphafold_iteration/predicted_aligned_error_head/"
 # Template embedding is not part of this engine (templates are left out); its
 # weights in model_1/model_2 files are skipped.
-TEMPLATE_SCOPE = "alphafold/alphafold_iteration/evoformer/template_"
-TEMPLATE_KEYS = (
-    TEMPLATE_SCOPE,
-    "alphafold/alphafold_iteration/evoformer/template_single_embedding",
-    "alphafold/alphafold_iteration/evoformer/template_projection",
-)
+# (template_embedding, template_single_embedding, template_projection)
+TEMPLATE_KEYS = "alphafold/alphafold_iteration/evoformer/template_"
 
 
 class WeightsError(ValueError):
