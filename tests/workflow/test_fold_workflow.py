@@ -112,6 +112,7 @@ def test_msa_search_against_a_tiny_database(tmp_path, mode, binary):
 KWC = SHARED_DATA / "folding" / "6KWC"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not KWC.exists(), reason="shared folding data absent")
 def test_single_sequence_models_ranked_and_compared(tmp_path):
     reference = KWC / "6KWC_1_model_1_ptm_relaxed.pdb"
