@@ -56,6 +56,7 @@ def test_demo_outputs_and_summary(finished_demo):
         "fold/demo/trp_cage/model_1_ptm/unrelaxed.cif",
         "fold/demo/trp_cage/ranking.tsv",
         "fold/demo/villin_hp36/pae.png",
+        "fold/demo/villin_hp36/model_1_ptm/relaxed.pdb",
         "summary/outputs.html",
     ):
         assert (results / path).stat().st_size > 0, path
@@ -78,6 +79,8 @@ def test_demo_outputs_and_summary(finished_demo):
     assert "NOT A REAL PREDICTION" in pdb.splitlines()[1]
     cif = (results / "fold/demo/villin_hp36/model_1_ptm/unrelaxed.cif").read_text()
     assert "NOT A REAL PREDICTION" in cif
+    relaxed = (results / "fold/demo/villin_hp36/model_1_ptm/relaxed.pdb").read_text()
+    assert "NOT A REAL PREDICTION" in relaxed and "relaxed: Amber99sb" in relaxed
     # every rule logged to logs/<workflow>/<rule>/<wildcards>.log
     for log in ("singlecell/simulate/demo", "singlecell/qc/demo", "genotype/stats/demo"):
         assert "done in" in (workdir / "logs" / f"{log}.log").read_text()
@@ -113,7 +116,7 @@ def test_rerun_with_nothing_changed_runs_nothing(finished_demo):
             },
         ),
         ("singlecell", {"singlecell_simulate", "singlecell_qc", "summary", "all"}),
-        ("fold", {"fold_features", "fold_predict", "fold_rank", "summary", "all"}),
+        ("fold", {"fold_features", "fold_predict", "fold_relax", "fold_rank", "summary", "all"}),
     ],
 )
 def test_new_seed_reruns_exactly_its_rules(finished_demo, tmp_path, workflow, expected):

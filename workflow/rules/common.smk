@@ -200,7 +200,11 @@ def fold_msa_inputs(wildcards):
 
 def fold_model_outputs(wildcards, kind):
     """One file of every configured model of a target: kind pdb or json."""
-    name = "unrelaxed.pdb" if kind == "pdb" else "scores.json"
+    relaxed = config["fold"]["relax"]
+    name = {
+        "pdb": "relaxed.pdb" if relaxed else "unrelaxed.pdb",
+        "json": "scores.json",
+    }[kind]
     return [
         out("fold", f"{wildcards.target}/{model}/{name}").format(
             dataset=wildcards.dataset

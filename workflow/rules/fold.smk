@@ -99,6 +99,29 @@ rule fold_predict:
         "../scripts/fold_predict.py"
 
 
+rule fold_relax:
+    input:
+        pdb=out("fold", "{target}/{model}/unrelaxed.pdb"),
+    output:
+        pdb=out("fold", "{target}/{model}/relaxed.pdb"),
+        json=out("fold", "{target}/{model}/relax.json"),
+        provenance=out("fold", "provenance/relax.{target}.{model}.provenance.json"),
+    log:
+        log_path("fold", "relax", "{dataset}/{target}.{model}"),
+    benchmark:
+        benchmark_path("fold", "relax", "{dataset}/{target}.{model}")
+    conda:
+        "../envs/cpu.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=60,
+    params:
+        backend="cpu",
+    script:
+        "../scripts/fold_relax.py"
+
+
 rule fold_rank:
     input:
         pdb=lambda wildcards: fold_model_outputs(wildcards, "pdb"),
@@ -151,6 +174,19 @@ for _target in FOLD_TARGETS:
         ),
     ]
     for _model in FOLD_MODELS:
+        if config["fold"]["relax"]:
+            TARGETS["fold"] += [
+                (
+                    done("fold", f"{_target}/{_model}/relaxed.pdb"),
+                    f"{_target} {_model}: Amber-relaxed PDB, pLDDT in B.",
+                ),
+                (
+                    done(
+                        "fold", f"provenance/relax.{_target}.{_model}.provenance.json"
+                    ),
+                    f"{_target} {_model}: provenance of the relaxation.",
+                ),
+            ]
         TARGETS["fold"] += [
             (
                 done("fold", f"{_target}/{_model}/unrelaxed.pdb"),

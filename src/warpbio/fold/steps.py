@@ -134,6 +134,25 @@ def predict_step(ctx) -> dict:
     }
 
 
+def relax_step(ctx) -> dict:
+    """Amber relaxation (OpenMM) of one model's unrelaxed PDB."""
+    from warpbio.fold.relax import relax_pdb
+
+    text, info = relax_pdb(Path(ctx.input.pdb).read_text())
+    with atomic_write(ctx.output.pdb) as tmp:
+        tmp.write_text(text)
+    with atomic_write(ctx.output.json) as tmp:
+        tmp.write_text(json.dumps(info, indent=1) + "\n")
+    log.info(
+        "relaxed %s: energy %.1f -> %.1f kcal/mol, heavy-atom RMSD %.3f A",
+        ctx.input.pdb,
+        info["energy_before_kcal_mol"],
+        info["energy_after_kcal_mol"],
+        info["heavy_atom_rmsd_to_unrelaxed"],
+    )
+    return info
+
+
 def rank_step(ctx) -> dict:
     """Rank a target's models by pLDDT (or pTM), plot pLDDT and PAE, compare
     with a reference structure when one is configured."""

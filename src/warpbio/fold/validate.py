@@ -52,6 +52,15 @@ class FoldInputs:
         self.targets = read_targets(fasta)
         self._check_msas()
         self._check_weights()
+        if self.settings.get("relax"):
+            import importlib.util
+
+            for module in ("openmm", "pdbfixer"):
+                if importlib.util.find_spec(module) is None:
+                    raise ValueError(
+                        f"config key 'fold.relax' = True needs the Python package {module}; "
+                        "pip install openmm pdbfixer (or set fold.relax: false)"
+                    )
         for name, path in self.settings.get("references", {}).items():
             if name not in self.target_names:
                 raise ValueError(
