@@ -11,7 +11,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0  # CPU build; unpinned pulls CUDA
 	$(BIN)/python -m pip install --quiet -e ".[workflow,test]"
+	$(BIN)/python -m pip install --quiet --no-deps alphafold-colabfold==2.3.18  # fold reference
 	touch $(STAMP)
 
 ## make demo: venv + package + Snakemake, then the demo DAG on the CPU

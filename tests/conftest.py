@@ -33,7 +33,17 @@ def run_snakemake(workdir: Path, *args: str, snakefile: Path = SNAKEFILE, check:
 
 @pytest.fixture
 def demo_config():
-    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    return load_demo_config()
+
+
+def load_demo_config() -> dict:
+    """config/config.yaml, with the fold demo's shipped inputs as absolute paths, so
+    that the demo runs from any working directory."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    fold = config["fold"]
+    fold["fasta"] = str(REPO / fold["fasta"])
+    fold["msa"]["files"] = {k: str(REPO / v) for k, v in fold["msa"]["files"].items()}
+    return config
 
 
 def write_config(workdir: Path, config: dict) -> Path:
@@ -47,7 +57,7 @@ def finished_demo(tmp_path_factory):
     """The demo DAG run once locally on 2 cores, shared by the workflow tests that
     read it (outputs, report, reruns) or compare other runs with it (reproduce,
     SLURM, fault tolerance). Tests must not change its results."""
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = load_demo_config()
     workdir = tmp_path_factory.mktemp("demo")
     configfile = write_config(workdir, config)
     run_snakemake(workdir, "--cores", "2", "--configfile", str(configfile))

@@ -46,13 +46,18 @@ def test_demo_outputs_and_summary(finished_demo):
         "ecg/demo/model/vae.pt",
         "ecg/demo/scores/beats.tsv",
         "ecg/demo/plots/latent.png",
+        "fold/demo/villin_hp36/model_1_ptm/unrelaxed.pdb",
+        "fold/demo/trp_cage/model_1_ptm/unrelaxed.cif",
+        "fold/demo/trp_cage/ranking.tsv",
+        "fold/demo/villin_hp36/pae.png",
+        "fold/demo/villin_hp36/model_1_ptm/relaxed.pdb",
         "summary/outputs.html",
     ):
         assert (results / path).stat().st_size > 0, path
     cells = pd.read_csv(results / "singlecell/demo/qc/cells.tsv", sep="\t")
     assert len(cells) == 3000 and cells["pct_counts_mt"].between(0, 100).all()
     summary = pd.read_csv(results / "summary/outputs.tsv", sep="\t")
-    assert set(summary["workflow"]) == {"singlecell", "genotype", "ecg"}
+    assert set(summary["workflow"]) == {"singlecell", "genotype", "ecg", "fold"}
     # acceptance 2: the anomaly score finds the injected PVCs among held-out beats
     auroc = json.loads((results / "ecg/demo/scores/auroc.json").read_text())["held_out"]
     assert auroc["anomalies"] >= 5 and auroc["auroc"] >= 0.95
@@ -63,6 +68,16 @@ def test_demo_outputs_and_summary(finished_demo):
     distances = ((points[:, None, :] - centroids.to_numpy()[None]) ** 2).sum(-1)
     assert (centroids.index[distances.argmin(1)] == eigenvec["#FID"]).all()
     assert summary["caption"].str.len().gt(0).all()
+    # the fold demo runs a random-parameter model: marked in every output
+    scores = json.loads((results / "fold/demo/villin_hp36/model_1_ptm/scores.json").read_text())
+    assert scores["real_prediction"] is False and "NOT A REAL PREDICTION" in scores["warning"]
+    assert len(scores["plddt"]) == 36 and len(scores["pae"]) == 36
+    pdb = (results / "fold/demo/villin_hp36/model_1_ptm/unrelaxed.pdb").read_text()
+    assert "NOT A REAL PREDICTION" in pdb.splitlines()[1]
+    cif = (results / "fold/demo/villin_hp36/model_1_ptm/unrelaxed.cif").read_text()
+    assert "NOT A REAL PREDICTION" in cif
+    relaxed = (results / "fold/demo/villin_hp36/model_1_ptm/relaxed.pdb").read_text()
+    assert "NOT A REAL PREDICTION" in relaxed and "relaxed: Amber99sb" in relaxed
     # every rule logged to logs/<workflow>/<rule>/<wildcards>.log
     for log in (
         "singlecell/simulate/demo",
@@ -122,6 +137,7 @@ def test_report_builds(finished_demo):
     html = (workdir / "report.html").read_text(errors="replace")
     assert "Summary" in html and "Genotype PCA" in html and "Single-cell RNA-seq" in html
     assert "ECG" in html
+    assert "Protein structure" in html
 
 
 def test_rerun_with_nothing_changed_runs_nothing(finished_demo):
@@ -166,6 +182,7 @@ def test_rerun_with_nothing_changed_runs_nothing(finished_demo):
                 "all",
             },
         ),
+        ("fold", {"fold_features", "fold_predict", "fold_relax", "fold_rank", "summary", "all"}),
     ],
 )
 def test_new_seed_reruns_exactly_its_rules(finished_demo, tmp_path, workflow, expected):

@@ -24,7 +24,6 @@ from warpbio.provenance import source_digest
 
 SCHEMA = str(Path(workflow.basedir) / "schemas" / "config.schema.yaml")
 WORKFLOWS = ("singlecell", "genotype", "ecg", "fold")
-NOT_YET_IMPLEMENTED = ("fold",)
 
 
 def fail(message):
@@ -42,13 +41,6 @@ validate(config, SCHEMA)  # fills the schema's defaults
 def enabled(name):
     return bool(config[name]["enabled"])
 
-
-for name in NOT_YET_IMPLEMENTED:
-    if config[name]["enabled"]:
-        fail(
-            f"config key '{name}.enabled' = True: the {name} workflow is not in "
-            "this release yet; set it to false"
-        )
 
 INPUT_FILES = []  # (config key, path) of every file the enabled workflows read
 if enabled("singlecell") and config["singlecell"]["source"] == "files":
@@ -269,3 +261,29 @@ def ecg_recording_files(wildcards):
 
 def ecg_per_recording(path):
     return expand(out("ecg", path), recording=ECG_RECORDINGS, allow_missing=True)
+
+
+def fold_msa_inputs(wildcards):
+    """The targets' FASTA, plus the given MSA file or the search database."""
+    msa = config["fold"]["msa"]
+    inputs = {"fasta": config["fold"]["fasta"]}
+    if msa["mode"] == "files":
+        inputs["msa"] = msa["files"][wildcards.target]
+    elif msa["mode"] in ("mmseqs2", "jackhmmer"):
+        inputs["database"] = msa["database"]
+    return inputs
+
+
+def fold_model_outputs(wildcards, kind):
+    """One file of every configured model of a target: kind pdb or json."""
+    relaxed = config["fold"]["relax"]
+    name = {
+        "pdb": "relaxed.pdb" if relaxed else "unrelaxed.pdb",
+        "json": "scores.json",
+    }[kind]
+    return [
+        out("fold", f"{wildcards.target}/{model}/{name}").format(
+            dataset=wildcards.dataset
+        )
+        for model in config["fold"]["models"]
+    ]

@@ -1,0 +1,1 @@
+"""AlphaFold2-style protein structure inference: features, model, outputs, rules' steps."""

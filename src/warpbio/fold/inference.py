@@ -1,0 +1,187 @@
+"""Run the model on one target's features: weights (official npz or a seeded
+random model), device placement, recycling, timings and peak memory.
+
+The same code runs on CPU and CUDA in float32; nothing here is CPU-only.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from warpbio.fold.config import InferenceOptions, ModelConfig, model_config
+from warpbio.fold.features import recycle_batch
+from warpbio.fold.model.alphafold import AlphaFold
+from warpbio.fold.outputs import Prediction
+from warpbio.fold.params import WeightsError, load_params, stacked_blocks
+from warpbio.progress import Progress
+
+log = logging.getLogger(__name__)
+
+INT_FEATURES = ("aatype", "residue_index", "extra_msa", "true_msa")
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Where a model's parameters come from.
+
+    ``folder`` holds the official ``params_<model>.npz`` files; empty means a
+    seeded random model of ``random_depth`` Evoformer blocks (demo, tests).
+    """
+
+    folder: str = ""
+    random_depth: int = 4
+    seed: int = 0
+
+    @property
+    def is_random(self) -> bool:
+        return not self.folder
+
+    def path(self, model_name: str) -> Path:
+        return Path(self.folder) / f"params_{model_name}.npz"
+
+
+def build_model(model_name: str, weights: WeightsSpec) -> tuple[AlphaFold, bool]:
+    """(model with parameters loaded, whether they are real trained weights)."""
+    config = model_config(model_name)
+    if weights.is_random:
+        torch.manual_seed(weights.seed)
+        model = AlphaFold(config.with_depth(weights.random_depth))
+        log.warning(
+            "%s: RANDOM parameters (seed %d), not a real prediction", model_name, weights.seed
+        )
+        return model.eval(), False
+    path = weights.path(model_name)
+    if not path.exists():
+        raise WeightsError(
+            f"weights file '{path}' for {model_name} does not exist; put the official "
+            f"params_{model_name}.npz in fold.weights.folder (nothing is downloaded)"
+        )
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    depth = stacked_blocks(arrays)
+    model = AlphaFold(config.with_depth(depth) if depth != config.evoformer_num_block else config)
+    load_params(model, arrays)
+    if depth != ModelConfig().evoformer_num_block:
+        log.warning("%s: the weights have %d Evoformer blocks (official: 48)", path, depth)
+    return model.eval(), True
+
+
+def to_device(features: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in features.items():
+        tensor = torch.as_tensor(np.asarray(value))
+        if key in INT_FEATURES:
+            tensor = tensor.long()
+        elif tensor.is_floating_point():
+            tensor = tensor.float()
+        out[key] = tensor.to(device)
+    return out
+
+
+def peak_host_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024**2 if sys.platform == "darwin" else peak / 1024
+
+
+def predict(
+    model: AlphaFold,
+    features: dict[str, np.ndarray],
+    options: InferenceOptions,
+    device: torch.device,
+) -> dict:
+    """Run the recycling loop; returns host NumPy outputs and timings."""
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    model = model.to(device)
+    available = int(features["msa_feat"].shape[0])
+    batches = [
+        to_device(recycle_batch(features, r), device)
+        for r in range(min(available, options.num_recycle + 1))
+    ]
+    timings["to_device"] = time.perf_counter() - started
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    blocks = model.config.evoformer_num_block
+    progress = Progress("Evoformer blocks", (options.num_recycle + 1) * blocks, unit="blocks")
+    recycle_times: list[float] = []
+    tick = [time.perf_counter()]
+
+    def on_recycle(index: int, _out: dict) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        now = time.perf_counter()
+        recycle_times.append(now - tick[0])
+        tick[0] = now
+        log.info("recycle %d done in %.2f s", index, recycle_times[-1])
+
+    out = model.predict(
+        lambda r: batches[r % len(batches)],
+        options,
+        on_recycle=on_recycle,
+        on_block=lambda _index: progress.update(),
+    )
+    timings["inference"] = sum(recycle_times)
+    for index, seconds in enumerate(recycle_times):
+        timings[f"recycle_{index}"] = seconds
+    memory = {"host_peak_rss": peak_host_mb()}
+    if device.type == "cuda":
+        memory["gpu_peak_allocated"] = torch.cuda.max_memory_allocated(device) / 1024**2
+    result = {
+        "atom_positions": out["structure_module"]["final_atom_positions"].float().cpu().numpy(),
+        "atom_mask": out["structure_module"]["final_atom_mask"].float().cpu().numpy(),
+        "plddt": out["plddt"].float().cpu().numpy(),
+        "mean_plddt": float(out["mean_plddt"]),
+        "timings": timings,
+        "peak_memory": memory,
+    }
+    if "ptm" in out:
+        result["ptm"] = float(out["ptm"])
+        result["pae"] = out["predicted_aligned_error"].float().cpu().numpy()
+        result["max_pae"] = float(out["max_predicted_aligned_error"])
+    return result
+
+
+def run_model(
+    target: str,
+    sequence: str,
+    features: dict[str, np.ndarray],
+    model_name: str,
+    weights: WeightsSpec,
+    options: InferenceOptions,
+    device: torch.device,
+) -> Prediction:
+    """Weights -> model -> prediction for one target and one model."""
+    started = time.perf_counter()
+    model, real = build_model(model_name, weights)
+    load_time = time.perf_counter() - started
+    result = predict(model, features, options, device)
+    timings = {"load_weights": load_time, **result["timings"]}
+    return Prediction(
+        target=target,
+        model_name=model_name,
+        sequence=sequence,
+        atom_positions=result["atom_positions"],
+        atom_mask=result["atom_mask"],
+        plddt=result["plddt"],
+        ptm=result.get("ptm"),
+        pae=result.get("pae"),
+        max_pae=result.get("max_pae"),
+        real_prediction=real,
+        timings=timings,
+        peak_memory=result["peak_memory"],
+        extra={
+            "num_recycle": options.num_recycle,
+            "evoformer_blocks": model.config.evoformer_num_block,
+            "device": str(device),
+            "msa_clusters": int(features["msa_feat"].shape[1]),
+            "extra_msa": int(features["extra_msa"].shape[1]),
+        },
+    )

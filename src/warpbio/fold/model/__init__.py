@@ -1,0 +1,1 @@
+"""The PyTorch AlphaFold2 monomer model, one module per stage."""
