@@ -37,7 +37,9 @@ extern "C" __global__ void embed_beats(const float* y, long long n, const long l
         double base = floor(position);
         long long index = (long long)base;
         double fraction = position - base;
-        if (index >= n - 1) {
+        if (index < 0) {
+            value = y[0];
+        } else if (index >= n - 1) {
             value = y[n - 1];
         } else {
             value = (float)((double)y[index] * (1.0 - fraction)

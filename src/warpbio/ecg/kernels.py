@@ -44,10 +44,14 @@ def is_window_max(y, i, half, floor):
 
 
 def interpolate(y, position):
-    """Linear interpolation of y at a fractional sample position (inside the signal)."""
+    """Linear interpolation of y at a fractional sample position; positions outside
+    the signal take its first or last sample (never an out-of-bounds read: such
+    beats are marked invalid later, but the kernels must not read past the ends)."""
     base = math.floor(position)
     index = int(base)
     fraction = position - base
+    if index < 0:
+        return y[0]
     if index >= y.shape[0] - 1:
         return y[y.shape[0] - 1]
     return y[index] * (1.0 - fraction) + y[index + 1] * fraction
