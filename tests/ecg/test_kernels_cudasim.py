@@ -23,7 +23,7 @@ CHILD = textwrap.dedent(
     import json, sys
     import numpy as np
     from numba import config, cuda
-    from warpbio.ecg.kernels import cuda_kernels
+    from warpbio.ecg.kernels import cuda_kernels, launch_embed_beats
 
     assert config.ENABLE_CUDASIM  # the kernels below run in the simulator
     data = np.load(sys.argv[1])
@@ -33,8 +33,7 @@ CHILD = textwrap.dedent(
     nms[(y.size + 127) // 128, 128](y, half, np.float32(0.0), flags)
     peaks, count = data["peaks"], data["count"]
     out = np.zeros((peaks.size, 32), dtype=np.float32)
-    embed[(1, (peaks.size + 3) // 4), (32, 4)](y, peaks, count, float(data["start"]),
-                                                 float(data["step"]), out)
+    launch_embed_beats(embed, y, peaks, count, float(data["start"]), float(data["step"]), out)
     np.save(sys.argv[2], flags)
     np.save(sys.argv[3], out)
     print(json.dumps({"simulator": bool(config.ENABLE_CUDASIM and cuda.is_available())}))

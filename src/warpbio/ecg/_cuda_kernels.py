@@ -26,9 +26,13 @@ def nms_flags_gpu(y, half, floor, flags):
 
 @cuda.jit
 def embed_beats_gpu(y, peaks, count, start, step, out):
-    """One thread per (beat, sample); ``count`` is a 1-element device array."""
-    j, beat = cuda.grid(2)
-    if beat < out.shape[0] and j < out.shape[1]:
+    """One thread per (beat, sample), flattened (a 2-D grid's y size caps at 65,535
+    beats); ``count`` is a 1-element device array."""
+    t = cuda.grid(1)
+    length = out.shape[1]
+    beat = t // length
+    j = t - beat * length
+    if beat < out.shape[0]:
         peak = peaks[beat]
         if beat < count[0] and peak >= 0:
             out[beat, j] = interpolate_gpu(y, peak + start + j * step)

@@ -27,9 +27,11 @@ extern "C" __global__ void nms_flags(const float* y, long long n, int half, floa
 extern "C" __global__ void embed_beats(const float* y, long long n, const long long* peaks,
                                        const long long* count, long long rows, int length,
                                        double start, double step, float* out) {
-    long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    long long beat = (long long)blockIdx.y * blockDim.y + threadIdx.y;
-    if (beat >= rows || j >= length) return;
+    // flattened (beat, sample): a 2-D grid's y size caps at 65,535 beats
+    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long beat = t / length;
+    long long j = t - beat * length;
+    if (beat >= rows) return;
     long long peak = peaks[beat];
     float value = 0.0f;
     if (beat < count[0] && peak >= 0) {
@@ -79,10 +81,10 @@ def embed_beats(y, peaks, count, start: float, step: float, length: int):
 
     rows = peaks.shape[0]
     out = cp.empty((rows, length), dtype=cp.float32)
-    threads = (64, 4)
-    blocks = ((length + 63) // 64, (rows + 3) // 4)
+    threads = 256
+    blocks = (rows * length + threads - 1) // threads
     module().get_function("embed_beats")(
-        blocks, threads,
+        (blocks,), (threads,),
         (cp.ascontiguousarray(y, dtype=cp.float32), np.int64(y.shape[0]),
          cp.ascontiguousarray(peaks, dtype=cp.int64), count, np.int64(rows), np.int32(length),
          np.float64(start), np.float64(step), out),

@@ -84,6 +84,12 @@ def cuda_kernels():
     return _cuda_kernels.nms_flags_gpu, _cuda_kernels.embed_beats_gpu
 
 
+def launch_embed_beats(kernel, y, peaks, count, start: float, step: float, out) -> None:
+    """Launch Numba's embed kernel: one thread per (beat, sample) of ``out``, flattened."""
+    blocks = (out.shape[0] * out.shape[1] + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
+    kernel[blocks, THREADS_PER_BLOCK](y, peaks, count, float(start), float(step), out)
+
+
 def on_gpu(array) -> bool:
     return not isinstance(array, np.ndarray)
 
@@ -118,7 +124,7 @@ def _numba_cuda_works() -> bool:
         nms[1, 8](y, 1, np.float32(0.0), cuda.device_array(8, dtype=np.uint8))
         peaks = cuda.to_device(np.full(1, -1, dtype=np.int64))  # host-to-device only
         count = cuda.to_device(np.zeros(1, dtype=np.int64))
-        embed[(1, 1), (4, 1)](y, peaks, count, 0.0, 1.0, cuda.device_array((1, 4), np.float32))
+        launch_embed_beats(embed, y, peaks, count, 0.0, 1.0, cuda.device_array((1, 4), np.float32))
         cuda.synchronize()
         return True
     except Exception as error:  # no libNVVM, unsupported driver, ...
@@ -166,7 +172,5 @@ def embed_beats_kernel(y, peaks, count, start: float, step: float, length: int):
         return _cupy_kernels.embed_beats(y, peaks, count_on_device, start, step, length)
     out = cp.empty((peaks.shape[0], length), dtype=cp.float32)
     _, kernel = cuda_kernels()
-    threads = (64, 4)
-    blocks = ((length + threads[0] - 1) // threads[0], (peaks.shape[0] + threads[1] - 1) // 4)
-    kernel[blocks, threads](y, peaks, count_on_device, float(start), float(step), out)
+    launch_embed_beats(kernel, y, peaks, count_on_device, start, step, out)
     return out
