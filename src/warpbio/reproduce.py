@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 # Differ between runs by design: wall times, dates, hosts, memory peaks.
-VOLATILE = ("*.provenance.json", "summary/*")
+VOLATILE = ("*.provenance.json", "summary/*", "*/timings.json")
 # What a run writes beside its results; not linked into the scratch folder.
 RUN_STATE = (".snakemake", "logs", "benchmarks", "report.html", ".warpbio-reproduce")
 

@@ -75,6 +75,7 @@ rule fold_predict:
         pdb=out("fold", "{target}/{model}/unrelaxed.pdb"),
         cif=out("fold", "{target}/{model}/unrelaxed.cif"),
         json=out("fold", "{target}/{model}/scores.json"),
+        timings=out("fold", "{target}/{model}/timings.json"),
         provenance=out("fold", "provenance/predict.{target}.{model}.provenance.json"),
     log:
         log_path("fold", "predict", "{dataset}/{target}.{model}"),

@@ -246,7 +246,8 @@ def train_step(ctx) -> dict:
     split = table[["recording", "beat"]].assign(split=np.where(train, "train", "held_out"))
     write_tsv(split, ctx.output.split)
     log.info("VAE trained on %d beats in %.1f s", config["n_train"], trained.seconds)
-    return {"training": {k: config[k] for k in ("n_train", "n_held_out", "train_seconds")}}
+    training = {k: config[k] for k in ("n_train", "n_held_out")}
+    return {"training": training | {"train_seconds": round(trained.seconds, 3)}}
 
 
 def score_table(table, split, scores, latent) -> pd.DataFrame:

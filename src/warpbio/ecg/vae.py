@@ -29,6 +29,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -148,8 +149,7 @@ class TrainedVae:
             "epoch_losses": [float(v) for v in self.epoch_losses.detach().cpu().tolist()],
             "n_train": int(self.train.sum()),
             "n_held_out": int(self.held_out.sum()),
-            "train_seconds": round(self.seconds, 3),
-        }
+        }  # the training time goes to the provenance record: reruns give the same file
 
 
 def _wrap64(value: int) -> int:
@@ -339,10 +339,17 @@ def latent_2d(latent, rows):
 
 
 def save_model(trained: TrainedVae, path) -> None:
+    """The weights and settings; the same bytes for the same model. (torch.save to a
+    path names the zip's records after the file, so a temporary name would differ
+    from run to run: it saves to memory, then writes the bytes.)"""
+    import io
+
     torch = _torch()
     state = {key: value.detach().cpu() for key, value in trained.model.state_dict().items()}
+    buffer = io.BytesIO()
     torch.save({"state_dict": state, "settings": asdict(trained.settings),
-                "length": trained.length}, path)  # fmt: skip
+                "length": trained.length}, buffer)  # fmt: skip
+    Path(path).write_bytes(buffer.getvalue())
 
 
 def load_model(path, device: str = "cpu"):

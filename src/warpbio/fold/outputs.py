@@ -161,10 +161,20 @@ def to_json(prediction: Prediction) -> str:
         "pae": None
         if prediction.pae is None
         else [[round(float(v), 2) for v in row] for row in prediction.pae],
-        "timings_s": {k: round(v, 3) for k, v in prediction.timings.items()},
-        "peak_memory_mb": {k: round(v, 1) for k, v in prediction.peak_memory.items()},
         **prediction.extra,
     }
     if not prediction.real_prediction:
         record["warning"] = NOT_REAL_WARNING
+    return json.dumps(record, indent=1) + "\n"
+
+
+def to_timings_json(prediction: Prediction) -> str:
+    """The run's facts, beside the scores: wall times and peak memory. Kept out of
+    scores.json so that a rerun reproduces that file byte for byte."""
+    record = {
+        "target": prediction.target,
+        "model": prediction.model_name,
+        "timings_s": {k: round(v, 3) for k, v in prediction.timings.items()},
+        "peak_memory_mb": {k: round(v, 1) for k, v in prediction.peak_memory.items()},
+    }
     return json.dumps(record, indent=1) + "\n"

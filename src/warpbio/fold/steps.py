@@ -87,7 +87,7 @@ def predict_step(ctx) -> dict:
     from warpbio.fold.config import InferenceOptions
     from warpbio.fold.features import load_features
     from warpbio.fold.inference import WeightsSpec, run_model
-    from warpbio.fold.outputs import to_json, to_mmcif, to_pdb
+    from warpbio.fold.outputs import to_json, to_mmcif, to_pdb, to_timings_json
 
     target = _target(ctx)
     settings = dict(ctx.params.inference)
@@ -112,6 +112,7 @@ def predict_step(ctx) -> dict:
         (ctx.output.pdb, to_pdb(prediction)),
         (ctx.output.cif, to_mmcif(prediction)),
         (ctx.output.json, to_json(prediction)),
+        (ctx.output.timings, to_timings_json(prediction)),
     ):
         with atomic_write(path) as tmp:
             tmp.write_text(text)
@@ -176,7 +177,6 @@ def rank_step(ctx) -> dict:
             "mean_plddt": record["mean_plddt"],
             "ptm": record["ptm"],
             "real_prediction": record["real_prediction"],
-            "inference_s": record["timings_s"].get("inference"),
         }
         if reference:
             row.update(compare_structures(pdbs[record["model"]], reference).as_dict())
