@@ -1,3 +1,4 @@
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,20 @@ def run_snakemake(workdir: Path, *args: str, snakefile: Path = SNAKEFILE, check:
             f"{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
         )
     return done
+
+
+def planned_jobs(workdir, configfile) -> dict[str, int]:
+    """Rule -> job count of a dry run (empty when nothing is to be done)."""
+    done = run_snakemake(workdir, "-n", "--cores", "2", "--configfile", str(configfile))
+    text = done.stdout + done.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:", 1)[1]
+    return {
+        rule: int(count)
+        for rule, count in re.findall(r"^(\w+)\s+(\d+)\s*$", table, flags=re.M)
+        if rule != "total"
+    }
 
 
 @pytest.fixture

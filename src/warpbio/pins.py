@@ -33,7 +33,9 @@ CONDA_TO_PIP: dict[str, tuple[str, ...]] = {
     "cuda-version": (),
     "rapids": (),
     "pytorch-gpu": ("torch",),
+    "pytorch-cpu": ("torch",),
     "pytorch": ("torch",),
+    "dask-core": ("dask",),
     "cupy": ("cupy-cuda13x", "cupy-cuda12x", "cupy"),
 }
 

@@ -2,28 +2,13 @@
 
 import copy
 import json
-import re
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_snakemake
+from conftest import planned_jobs, run_snakemake
 
 pytestmark = pytest.mark.workflow
-
-
-def planned_jobs(workdir, configfile) -> dict[str, int]:
-    """Rule -> job count of a dry run (empty when nothing is to be done)."""
-    done = run_snakemake(workdir, "-n", "--cores", "2", "--configfile", str(configfile))
-    text = done.stdout + done.stderr
-    if "Nothing to be done" in text:
-        return {}
-    table = text.split("Job stats:", 1)[1]
-    return {
-        rule: int(count)
-        for rule, count in re.findall(r"^(\w+)\s+(\d+)\s*$", table, flags=re.M)
-        if rule != "total"
-    }
 
 
 def test_demo_outputs_and_summary(finished_demo):
