@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import random
 
 import numpy as np
 
@@ -37,10 +38,22 @@ def relax_pdb(pdb_text: str, use_gpu: bool = False, max_iterations: int = 0) -> 
     fixer.removeHeterogens(keepWater=False)
     fixer.findMissingAtoms()
     fixer.addMissingAtoms(seed=0)
-    fixer.addMissingHydrogens(7.0)
-
+    # Reruns must give the same structure. OpenMM's CPU platform sums forces in single
+    # precision in an order that changes from run to run (energies of clashing
+    # random-parameter models moved by 1e-5 relative, and the minimiser ended
+    # elsewhere), and hydrogens start at random offsets and are placed by a short
+    # minimisation on the fastest platform (PDBFixer's addMissingHydrogens). So the
+    # offsets are seeded and both minimisations run on the double-precision
+    # Reference platform on the CPU, and CUDA is asked for deterministic force sums.
+    platform = openmm.Platform.getPlatformByName("CUDA" if use_gpu else "Reference")
+    properties = {"DeterministicForces": "true"} if use_gpu else {}
     forcefield = app.ForceField("amber99sb.xml")
-    system = forcefield.createSystem(fixer.topology, constraints=app.HBonds)
+    modeller = app.Modeller(fixer.topology, fixer.positions)
+    outside = random.getstate()  # Modeller starts new hydrogens at random.random() offsets
+    random.seed(0)
+    modeller.addHydrogens(forcefield, pH=7.0, platform=platform)
+    random.setstate(outside)
+    system = forcefield.createSystem(modeller.topology, constraints=app.HBonds)
     restraint = openmm.CustomExternalForce("0.5 * k * ((x-x0)^2 + (y-y0)^2 + (z-z0)^2)")
     stiffness = STIFFNESS_KCAL_PER_A2 * unit.kilocalories_per_mole / unit.angstroms**2
     restraint.addGlobalParameter(
@@ -48,18 +61,14 @@ def relax_pdb(pdb_text: str, use_gpu: bool = False, max_iterations: int = 0) -> 
     )
     for name in ("x0", "y0", "z0"):
         restraint.addPerParticleParameter(name)
-    positions = fixer.positions
-    for index, atom in enumerate(fixer.topology.atoms()):
+    positions = modeller.positions
+    for index, atom in enumerate(modeller.topology.atoms()):
         if atom.element is not None and atom.element.symbol != "H":
             restraint.addParticle(index, positions[index].value_in_unit(unit.nanometers))
     system.addForce(restraint)
 
     integrator = openmm.LangevinIntegrator(0, 0.01, 0.0)
-    platform = openmm.Platform.getPlatformByName("CUDA" if use_gpu else "CPU")
-    # one thread: the CPU platform's threaded force sums change with the thread
-    # count and timing, and the minimiser then ends elsewhere; reruns must not
-    properties = {} if use_gpu else {"Threads": "1"}
-    simulation = app.Simulation(fixer.topology, system, integrator, platform, properties)
+    simulation = app.Simulation(modeller.topology, system, integrator, platform, properties)
     simulation.context.setPositions(positions)
     before = simulation.context.getState(getEnergy=True, getPositions=True)
     simulation.minimizeEnergy(tolerance=TOLERANCE_KJ_PER_NM, maxIterations=max_iterations)
@@ -67,7 +76,7 @@ def relax_pdb(pdb_text: str, use_gpu: bool = False, max_iterations: int = 0) -> 
 
     start_xyz = before.getPositions(asNumpy=True).value_in_unit(unit.angstroms)
     end_xyz = after.getPositions(asNumpy=True).value_in_unit(unit.angstroms)
-    heavy = np.array([a.element.symbol != "H" for a in fixer.topology.atoms()])
+    heavy = np.array([a.element.symbol != "H" for a in modeller.topology.atoms()])
     moved = np.sqrt(((end_xyz - start_xyz) ** 2).sum(-1))[heavy]
     out = io.StringIO()
     app.PDBFile.writeFile(simulation.topology, after.getPositions(), out, keepIds=True)
