@@ -407,12 +407,27 @@ def cpu_versus_plink2(args) -> None:
           f"warpbio top-2 eigenvalue rel err {relative[:2].max():.1e}")  # fmt: skip
 
 
+class TiledPacked:
+    """``copies`` copies of one packed block, one after another, as a read-only
+    (SNPs x bytes) array: what the store is written from, with no .bed on disk."""
+
+    def __init__(self, block: np.ndarray, copies: int):
+        self.block, self.copies = block, copies
+        self.shape = (block.shape[0] * copies, block.shape[1])
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(self.shape[0])
+        index = np.arange(start, stop) % self.block.shape[0]
+        return self.block[index]
+
+
 def cpu_out_of_core(args) -> None:
     """CPU PCA from a Zarr store larger than this machine's memory, read out of core.
 
-    The store holds ``copies`` copies of one simulated block of SNPs (distinct IDs).
-    Then A^T A = copies x B^T B and the GRM eigenvalues (/ M) equal those of the
-    block B, so the out-of-core result must equal the in-memory PCA of B with the
+    The store holds ``copies`` copies of one simulated block of SNPs (distinct IDs),
+    compressed as the workflow stores them; it is made larger on disk than the
+    memory. Then A^T A = copies x B^T B and the GRM eigenvalues (/ M) equal those of
+    the block B, so the out-of-core result must equal the in-memory PCA of B with the
     same seed: a check of the result, not only of the run.
     """
     import math
@@ -422,7 +437,7 @@ def cpu_out_of_core(args) -> None:
     import pandas as pd
     import psutil
 
-    from warpbio.genotype.plink import BedWriter, read_bed, write_tables
+    from warpbio.genotype.plink import BedFile
     from warpbio.genotype.stats import count_genotypes
     from warpbio.genotype.store import read_store, write_store
 
@@ -440,29 +455,27 @@ def cpu_out_of_core(args) -> None:
             for s in range(0, spec.n_snps, 5000)
         ]
     )
-    copies = math.ceil(args.ooc_factor * memory / block.nbytes)
-    prefix = folder / "tiled"
+    # the store is compressed: size it from a trial chunk's compression ratio
     stamp = time.perf_counter()
-    with BedWriter(f"{prefix}.bed", spec.n_samples) as writer:
-        for _ in range(copies):
-            writer.write_packed(block)
+    write_store(tiny_bed(block[:65_536], spec, BedFile), folder / "trial.zarr")
+    ratio = zarr_bytes(folder / "trial.zarr") / block[:65_536].nbytes
+    shutil.rmtree(folder / "trial.zarr")
+    copies = math.ceil(args.ooc_factor * memory / (ratio * block.nbytes))
     ids = [f"copy{c}_snp{i}" for c in range(copies) for i in range(spec.n_snps)]
     variants = pd.DataFrame(
         {"chrom": "1", "id": ids, "cm": 0, "pos": np.arange(1, len(ids) + 1), "a1": "A", "a2": "G"}
     )
-    write_tables(prefix, variants, sample_table(spec))
-    write_store(read_bed(prefix), folder / "tiled.zarr")
-    for extension in (".bed", ".bim", ".fam"):
-        Path(f"{prefix}{extension}").unlink()
+    tiled = BedFile(folder / "tiled", TiledPacked(block, copies), variants, sample_table(spec))
+    write_store(tiled, folder / "tiled.zarr")
     prepare_seconds = time.perf_counter() - stamp
-    store_bytes = sum(f.stat().st_size for f in (folder / "tiled.zarr").rglob("*") if f.is_file())
+    store_bytes = zarr_bytes(folder / "tiled.zarr")
     try:  # start cold: nothing of the store in the page cache
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
     except OSError:
         print("could not drop the page cache (not root): the first pass may hit it")
-    print(f"store {store_bytes / 1e9:.1f} GB ({copies} x {spec.n_snps:,} SNPs x "
-          f"{spec.n_samples:,} samples) vs memory {memory / 1e9:.1f} GB; made in "
-          f"{prepare_seconds:.0f} s", flush=True)  # fmt: skip
+    print(f"store {store_bytes / 1e9:.1f} GB on disk ({copies} x {spec.n_snps:,} SNPs x "
+          f"{spec.n_samples:,} samples, {copies * block.nbytes / 1e9:.1f} GB packed) vs "
+          f"memory {memory / 1e9:.1f} GB; made in {prepare_seconds:.0f} s", flush=True)  # fmt: skip
 
     stamp = time.perf_counter()
     store = read_store(folder / "tiled.zarr")
@@ -485,14 +498,28 @@ def cpu_out_of_core(args) -> None:
     error = np.max(np.abs(result.eigenvalues - reference.eigenvalues) / reference.eigenvalues)
     shutil.rmtree(folder / "tiled.zarr")
     print(f"\n== CPU out-of-core PCA, {os.cpu_count()} cores, k={args.k} q={args.q} ==")
-    print(
-        f"store on disk        {store_bytes / 1e9:8.1f} GB (machine memory {memory / 1e9:.1f} GB)"
-    )
+    print(f"store on disk        {store_bytes / 1e9:8.1f} GB (memory {memory / 1e9:.1f} GB)")
     print(f"counts + table       {count_seconds:8.1f} s (one read)")
     print(f"randomized PCA       {pca_seconds:8.1f} s ({args.q + 2} reads)")
     print(f"peak resident memory {peak_rss / 1e9:8.2f} GB")
     print(f"vs in-memory PCA of the block: min |corr| PC1-{args.k} {min(corr):.8f}, "
           f"max eigenvalue rel err {error:.1e}")  # fmt: skip
+
+
+def tiny_bed(packed, spec, bed_class):
+    """A BedFile of a packed block with made-up variant names (for a trial store)."""
+    import pandas as pd
+
+    n = packed.shape[0]
+    variants = pd.DataFrame(
+        {"chrom": "1", "id": [f"v{i}" for i in range(n)], "cm": 0,
+         "pos": np.arange(1, n + 1), "a1": "A", "a2": "G"}
+    )  # fmt: skip
+    return bed_class("trial", packed, variants, sample_table(spec))
+
+
+def zarr_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def main() -> None:
