@@ -1,0 +1,64 @@
+"""Sort-based segment operations shared by the single-cell stages, on NumPy or CuPy.
+
+CuPy has no ``ufunc.reduceat`` we can rely on and its ``bincount`` with float
+weights adds in a nondeterministic order (atomics).  Sums over sorted segments
+through a float64 cumulative sum are deterministic on both libraries, so the
+graph and clustering code, whose decisions hinge on such sums, gives the same
+answer on every run.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+
+def segment_sums(values, starts, xp: ModuleType):
+    """Sum of ``values[starts[i]:starts[i+1]]`` for each i (``starts`` ends with len)."""
+    total = xp.concatenate([xp.zeros(1, dtype=xp.float64), xp.cumsum(values, dtype=xp.float64)])
+    return total[starts[1:]] - total[starts[:-1]]
+
+
+def run_starts(sorted_keys, xp: ModuleType):
+    """Start offsets of the runs of equal keys in a sorted array, plus its length."""
+    n = int(sorted_keys.shape[0])
+    if n == 0:
+        return xp.zeros(1, dtype=xp.int64)
+    changes = xp.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1
+    return xp.concatenate(
+        [xp.zeros(1, dtype=xp.int64), changes.astype(xp.int64), xp.full(1, n, dtype=xp.int64)]
+    )
+
+
+def sum_by_key(keys, values, xp: ModuleType):
+    """Unique keys (ascending) and the float64 sum of ``values`` for each."""
+    order = xp.argsort(keys, kind="stable")
+    keys_sorted = keys[order]
+    starts = run_starts(keys_sorted, xp)
+    return keys_sorted[starts[:-1]], segment_sums(values[order], starts, xp)
+
+
+def sortable_float_bits(values, xp: ModuleType):
+    """float32 values as int64 keys with the same order (negatives included)."""
+    bits = xp.ascontiguousarray(values, dtype=xp.float32).view(xp.uint32).astype(xp.int64)
+    negative = bits >= (1 << 31)
+    return xp.where(negative, (1 << 32) - 1 - bits, bits + (1 << 31))
+
+
+def first_per_segment(segment_ids, n_segments: int, xp: ModuleType):
+    """Index of the first element of each segment in an array sorted by segment; -1 if empty."""
+    first = xp.full(n_segments, -1, dtype=xp.int64)
+    if segment_ids.shape[0] == 0:
+        return first
+    starts = run_starts(segment_ids, xp)[:-1]
+    first[segment_ids[starts]] = starts
+    return first
+
+
+def scatter_min(target, indices, values, xp: ModuleType) -> None:
+    """``target[indices] = min(target[indices], values)`` with repeated indices (in place)."""
+    if xp.__name__ == "numpy":
+        xp.minimum.at(target, indices, values)
+    else:
+        import cupyx
+
+        cupyx.scatter_min(target, indices, values)
