@@ -10,6 +10,7 @@ import pytest
 
 from warpbio.singlecell import umap as layout
 from warpbio.singlecell.neighbors import build_graph, exact_knn
+from warpbio.singlecell.segments import connected_components
 
 
 def blobs(n_per=150, centres=(0.0, 5.0, 10.0), dim=10, seed=0):
@@ -96,10 +97,11 @@ def test_split_graph_gets_a_start_per_component():
     points = blobs(n_per=60, centres=(0.0, 100.0, 200.0), seed=2)
     connectivities = build_graph(exact_knn(points, 8)).connectivities
     graph = layout.layout_graph(connectivities, 200)
-    labels = layout.connected_components(graph.indptr, graph.indices.astype(np.int64), np)
-    from scipy.sparse.csgraph import connected_components
+    rows = np.repeat(np.arange(graph.indptr.size - 1), np.diff(graph.indptr))
+    labels = connected_components(rows, graph.indices.astype(np.int64), graph.indptr.size - 1, np)
+    from scipy.sparse import csgraph
 
-    count, theirs = connected_components(connectivities, directed=False)
+    count, theirs = csgraph.connected_components(connectivities, directed=False)
     assert count == 3 and np.unique(labels).size == 3
     assert (np.unique(labels, return_inverse=True)[1].ravel() == theirs).all()
     start = layout.initial_positions(graph, points, 0, np)

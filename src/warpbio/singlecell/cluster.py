@@ -35,7 +35,12 @@ from types import ModuleType
 
 import numpy as np
 
-from warpbio.singlecell.segments import first_per_segment, segment_sums, sum_by_key
+from warpbio.singlecell.segments import (
+    connected_components,
+    first_per_segment,
+    segment_sums,
+    sum_by_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +232,28 @@ def _sweep_moves(level: _Level, comm, allowed_in, resolution: float, m2: float, 
     return movers, target[by_node[first[movers]]]
 
 
+def _singleton_merges(comm, movers, targets, n: int, xp):
+    """Leiden's refinement: only nodes still alone move, and never into a piece
+    whose only node is leaving in the same sweep (two nodes could meet there
+    without an edge between them); so every piece stays connected."""
+    sizes = xp.bincount(comm, minlength=n)
+    alone = sizes[comm[movers]] == 1
+    movers, targets = movers[alone], targets[alone]
+    leaving = xp.zeros(n, dtype=bool)
+    leaving[movers] = True
+    owner = xp.full(n, -1, dtype=xp.int64)
+    single = xp.flatnonzero(sizes[comm] == 1)
+    owner[comm[single]] = single
+    vacated = (sizes[targets] == 1) & leaving[xp.maximum(owner[targets], 0)]
+    return movers[~vacated], targets[~vacated]
+
+
+def split_disconnected(src, dst, labels, xp):
+    """Each cluster split into its connected parts (never lowers modularity)."""
+    inside = labels[src] == labels[dst]
+    return connected_components(src[inside], dst[inside], int(labels.shape[0]), xp)
+
+
 def _local_moving(
     level: _Level,
     comm,
@@ -245,10 +272,7 @@ def _local_moving(
             level, comm, allowed_in, resolution, m2, upward=bool(sweep % 2), xp=xp
         )
         if singletons_only and movers.shape[0]:
-            # Leiden's refinement merges only nodes that are still alone
-            sizes = xp.bincount(comm, minlength=level.n)
-            alone = sizes[comm[movers]] == 1
-            movers, targets = movers[alone], targets[alone]
+            movers, targets = _singleton_merges(comm, movers, targets, level.n, xp)
         if movers.shape[0] == 0:
             idle += 1
             if idle >= 2:
@@ -307,14 +331,17 @@ def parallel_louvain(
             break
         next_level, piece_of_node = _aggregate(level, pieces, xp)
         membership = piece_of_node[membership]
-        # each aggregated piece starts in the community that holds it
-        parent = xp.zeros(next_level.n, dtype=xp.int64)
-        parent[piece_of_node] = comm
-        _, start = xp.unique(parent, return_inverse=True)
-        start = start.ravel().astype(xp.int64)
-        if not refine:
+        if refine:  # each aggregated piece starts in the community that holds it
+            parent = xp.zeros(next_level.n, dtype=xp.int64)
+            parent[piece_of_node] = comm
+            start = xp.unique(parent, return_inverse=True)[1].ravel().astype(xp.int64)
+        else:
             start = xp.arange(next_level.n, dtype=xp.int64)
         level = next_level
+    else:  # out of levels: the aggregated nodes belong to their starting communities
+        membership = start[membership]
+    # synchronous moves can leave a community in pieces; split them
+    membership = split_disconnected(src, dst, membership, xp)
     return relabel_by_size(to_numpy(membership))
 
 

@@ -62,3 +62,23 @@ def scatter_min(target, indices, values, xp: ModuleType) -> None:
         import cupyx
 
         cupyx.scatter_min(target, indices, values)
+
+
+def connected_components(rows, cols, n: int, xp: ModuleType):
+    """Component label (its smallest node id) per node of a symmetric edge list.
+
+    Min-label propagation over the edges, each round finished by pointer
+    jumping (label of label) to a fixed point; NumPy or CuPy.
+    """
+    labels = xp.arange(n, dtype=xp.int64)
+    while True:
+        proposed = labels.copy()
+        scatter_min(proposed, rows, labels[cols], xp)
+        while True:
+            jumped = proposed[proposed]
+            if bool((jumped == proposed).all()):
+                break
+            proposed = jumped
+        if bool((proposed == labels).all()):
+            return labels
+        labels = proposed

@@ -34,6 +34,7 @@ from types import ModuleType
 import numpy as np
 
 from warpbio.progress import Progress
+from warpbio.singlecell.segments import connected_components
 
 log = logging.getLogger(__name__)
 
@@ -280,31 +281,6 @@ def optimize_layout(
 # --------------------------------------------------------------------------
 
 
-def connected_components(indptr, indices, xp: ModuleType = np):
-    """Component label (its smallest cell id) per cell, on NumPy or CuPy.
-
-    Min-label propagation over the (symmetric) edges, each round finished by
-    pointer jumping (label of label) to a fixed point.
-    """
-    from warpbio.singlecell.segments import scatter_min
-
-    n = int(indptr.shape[0]) - 1
-    rows = _edge_rows(indptr, int(indices.shape[0]), xp)
-    cols = indices.astype(xp.int64)
-    labels = xp.arange(n, dtype=xp.int64)
-    while True:
-        proposed = labels.copy()
-        scatter_min(proposed, rows, labels[cols], xp)
-        while True:
-            jumped = proposed[proposed]
-            if bool((jumped == proposed).all()):
-                break
-            proposed = jumped
-        if bool((proposed == labels).all()):
-            return labels
-        labels = proposed
-
-
 def _edge_rows(indptr, n_edges: int, xp):
     return xp.searchsorted(indptr, xp.arange(n_edges, dtype=xp.int64), side="right") - 1
 
@@ -371,7 +347,8 @@ def spectral_layout(graph: LayoutGraph, pca: np.ndarray, seed: int, xp: ModuleTy
     indptr = xp.asarray(graph.indptr)
     indices = xp.asarray(graph.indices)
     weights = xp.asarray(graph.weights)
-    labels = connected_components(indptr, indices, xp)
+    rows = _edge_rows(indptr, int(indices.shape[0]), xp)
+    labels = connected_components(rows, indices.astype(xp.int64), int(indptr.shape[0]) - 1, xp)
     _, component = xp.unique(labels, return_inverse=True)
     component = component.ravel()
     n_components = int(component.max()) + 1
@@ -382,7 +359,6 @@ def spectral_layout(graph: LayoutGraph, pca: np.ndarray, seed: int, xp: ModuleTy
     centres = _component_centres(pca, host_component, n_components, dim, seed)
     rng = np.random.default_rng(seed)
     result = xp.empty((int(component.shape[0]), dim), dtype=xp.float64)
-    rows = _edge_rows(indptr, int(indices.shape[0]), xp)
     edge_order = xp.argsort(component[rows], kind="stable")
     edge_starts = to_numpy(
         xp.searchsorted(component[rows][edge_order], xp.arange(n_components + 1))
