@@ -43,6 +43,36 @@ def scanpy_preprocess(adata, n_top_genes: int, regress=("total_counts", "pct_cou
     return adata
 
 
+class Named(list):
+    """Snakemake's named lists in miniature: iterate the paths, get them by name."""
+
+    def __init__(self, **items):
+        super().__init__()
+        self._names = dict(items)
+        for name, value in items.items():
+            setattr(self, name, value)
+            self.extend(value if isinstance(value, list) else [value])
+
+    def items(self):
+        return self._names.items()
+
+
+def fake_job(rule: str, inputs: dict, outputs: dict, params: dict, log_path):
+    """A stand-in for the ``snakemake`` object a script receives (for run_step)."""
+    text = {k: [str(p) for p in v] if isinstance(v, list) else str(v) for k, v in outputs.items()}
+    return SimpleNamespace(
+        rule=rule,
+        input=Named(**{k: str(v) for k, v in inputs.items()}),
+        output=Named(**text),
+        params=Named(**params),
+        wildcards=Named(dataset="test"),
+        threads=2,
+        resources=SimpleNamespace(gpu=0),
+        log=[str(log_path)],
+        config={},
+    )
+
+
 def step_context(tmp_path, inputs: dict, outputs: dict, params: dict, seed=0, xp=np):
     """What run_step hands a step, with plain namespaces (no Snakemake job)."""
     return SimpleNamespace(

@@ -35,7 +35,27 @@ def _open(path):
         raise InputFormatError(
             f"{path}: not an HDF5 file (truncated or another format); rerun the rule that made it"
         )
-    return h5py.File(path, "r")
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise InputFormatError(
+            f"{path}: cannot be read as HDF5 ({error}); the file may be truncated: "
+            "rerun the rule that made it"
+        ) from error
+
+
+def read_h5ad(path):
+    """A whole AnnData file, with a clear message when it cannot be read."""
+    import anndata as ad
+
+    _open(path).close()  # names the file when it is missing, not HDF5 or truncated
+    try:
+        return ad.read_h5ad(path)
+    except Exception as error:  # anndata raises many types for a bad layout
+        raise InputFormatError(
+            f"{path}: not a readable AnnData file ({type(error).__name__}: {error}); "
+            "rerun the rule that made it"
+        ) from error
 
 
 def read_obs_names(path) -> np.ndarray:
@@ -150,15 +170,7 @@ def write_graph(path, names, graph, params: dict) -> None:
 
 def read_graph(path):
     """The graph.h5ad written by :func:`write_graph` (small: no expression)."""
-    import anndata as ad
-
-    try:
-        adata = ad.read_h5ad(path)
-    except Exception as error:  # anndata raises many types for a bad file
-        raise InputFormatError(
-            f"{path}: not a readable neighbour graph ({type(error).__name__}: {error}); "
-            "rerun singlecell_neighbors"
-        ) from error
+    adata = read_h5ad(path)
     if "connectivities" not in adata.obsp:
         raise InputFormatError(f"{path}: no obsp['connectivities']; rerun singlecell_neighbors")
     return adata

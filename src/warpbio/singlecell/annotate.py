@@ -27,16 +27,15 @@ def _check_cells(name: str, cells, expected, path) -> None:
 
 def annotate_step(ctx) -> dict:
     """Snakemake step: preprocessed.h5ad + graph + umap + clusters + markers -> annotated.h5ad."""
-    import anndata as ad
     import h5py
     import pandas as pd
 
     from warpbio.io import atomic_write
-    from warpbio.singlecell.anndata_io import anndata_elements, read_graph
+    from warpbio.singlecell.anndata_io import anndata_elements, read_graph, read_h5ad
     from warpbio.singlecell.plots import category_colors, natural_order
     from warpbio.singlecell.umap import find_ab_params
 
-    adata = ad.read_h5ad(ctx.input.h5ad)
+    adata = read_h5ad(ctx.input.h5ad)
     graph = read_graph(ctx.input.graph)
     _check_cells("neighbour graph", graph.obs_names, adata.obs_names, ctx.input.graph)
     adata.obsp["connectivities"] = graph.obsp["connectivities"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -334,9 +335,12 @@ def _component_centres(pca: np.ndarray, component: np.ndarray, n_components: int
 
     centroids = np.stack([pca[component == c].mean(axis=0) for c in range(n_components)])
     squared = ((centroids[:, None, :] - centroids[None, :, :]) ** 2).sum(-1)
-    embedding = SpectralEmbedding(
-        n_components=dim, affinity="precomputed", random_state=seed
-    ).fit_transform(np.exp(-squared))
+    with warnings.catch_warnings():
+        # far-apart components give a disconnected affinity, as in umap-learn
+        warnings.filterwarnings("ignore", message="Graph is not fully connected")
+        embedding = SpectralEmbedding(
+            n_components=dim, affinity="precomputed", random_state=seed
+        ).fit_transform(np.exp(-squared))
     return embedding / embedding.max()
 
 
