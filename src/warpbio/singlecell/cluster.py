@@ -39,6 +39,7 @@ from warpbio.singlecell.segments import (
     connected_components,
     first_per_segment,
     segment_sums,
+    stable_argsort,
     sum_by_key,
 )
 
@@ -225,8 +226,8 @@ def _sweep_moves(level: _Level, comm, allowed_in, resolution: float, m2: float, 
         return empty, empty
     # best gain per node, ties to the lower community id (picks are sorted by
     # (node, target), so a stable sort by -gain then by node keeps that order)
-    by_gain = picks[xp.argsort(-gain[picks], kind="stable")]
-    by_node = by_gain[xp.argsort(node[by_gain], kind="stable")]
+    by_gain = picks[stable_argsort(-gain[picks], xp)]
+    by_node = by_gain[stable_argsort(node[by_gain], xp)]
     first = first_per_segment(node[by_node], n, xp)
     movers = xp.flatnonzero(first >= 0)
     return movers, target[by_node[first[movers]]]

@@ -31,7 +31,7 @@ from types import ModuleType
 import numpy as np
 
 from warpbio.progress import Progress
-from warpbio.singlecell.segments import sortable_float_bits
+from warpbio.singlecell.segments import sortable_float_bits, stable_argsort
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def _chunk_rank_sums(matrix: DeviceCsr, codes, group_sizes, n_groups, g0, g1, xp
     values = matrix.data[chosen]
     group = codes[xp.searchsorted(matrix.indptr, chosen, side="right") - 1]
     keys = (gene << 32) | sortable_float_bits(values, xp)
-    order = xp.argsort(keys, kind="stable")
+    order = stable_argsort(keys, xp)
     keys, gene, values, group = keys[order], gene[order], values[order], group[order]
     count = int(keys.shape[0])
     per_gene = xp.bincount(gene, minlength=width)

@@ -30,7 +30,7 @@ from types import ModuleType
 import numpy as np
 
 from warpbio.progress import Progress
-from warpbio.singlecell.segments import run_starts
+from warpbio.singlecell.segments import run_starts, stable_argsort
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _merge_candidates(best_d, best_i, rows, cand_d, cand_i, xp):
     # current entries precede candidates and have lower column ids, so equal
     # distances stay ordered by column id.
     bits = xp.ascontiguousarray(all_d, dtype=xp.float32).view(xp.uint32).astype(xp.int64)
-    order = xp.argsort((all_rows << 32) | bits, kind="stable")
+    order = stable_argsort((all_rows << 32) | bits, xp)
     counts = xp.bincount(rows, minlength=n_rows) + width
     starts = xp.cumsum(counts) - counts
     take = order[starts[:, None] + xp.arange(width)[None, :]]
@@ -147,7 +147,7 @@ def _rerank_exact(data, r0: int, candidates, k: int, xp):
     exact = xp.sqrt((diff * diff).sum(axis=2))
     # the cell leads even when another cell sits at distance 0 (duplicates)
     key = xp.where(candidates == own[:, None], -1.0, exact)
-    order = xp.argsort(key, axis=1, kind="stable")[:, :k]
+    order = stable_argsort(key, xp, axis=1)[:, :k]
     chosen = xp.take_along_axis(candidates, order, axis=1)
     dist = xp.take_along_axis(exact, order, axis=1).astype(xp.float32)
     if not bool((chosen[:, 0] == own).all()):
@@ -283,7 +283,7 @@ def fuzzy_union(knn: Knn, strength, xp: ModuleType = np):
     rows, cols, vals = rows[keep], cols[keep], vals[keep]
     keys = xp.concatenate([rows * n + cols, cols * n + rows])
     both = xp.concatenate([vals, vals])
-    order = xp.argsort(keys, kind="stable")
+    order = stable_argsort(keys, xp)
     keys, both = keys[order], both[order]
     starts = run_starts(keys, xp)
     first, length = starts[:-1], starts[1:] - starts[:-1]

@@ -12,6 +12,13 @@ from __future__ import annotations
 from types import ModuleType
 
 
+def stable_argsort(values, xp: ModuleType, axis: int = -1):
+    """Stable argsort on both libraries (CuPy's sort is always stable and takes no kind)."""
+    if xp.__name__ == "numpy":
+        return xp.argsort(values, axis=axis, kind="stable")
+    return xp.argsort(values, axis=axis)
+
+
 def segment_sums(values, starts, xp: ModuleType):
     """Sum of ``values[starts[i]:starts[i+1]]`` for each i (``starts`` ends with len)."""
     total = xp.concatenate([xp.zeros(1, dtype=xp.float64), xp.cumsum(values, dtype=xp.float64)])
@@ -31,7 +38,7 @@ def run_starts(sorted_keys, xp: ModuleType):
 
 def sum_by_key(keys, values, xp: ModuleType):
     """Unique keys (ascending) and the float64 sum of ``values`` for each."""
-    order = xp.argsort(keys, kind="stable")
+    order = stable_argsort(keys, xp)
     keys_sorted = keys[order]
     starts = run_starts(keys_sorted, xp)
     return keys_sorted[starts[:-1]], segment_sums(values[order], starts, xp)

@@ -35,7 +35,7 @@ from types import ModuleType
 import numpy as np
 
 from warpbio.progress import Progress
-from warpbio.singlecell.segments import connected_components
+from warpbio.singlecell.segments import connected_components, stable_argsort
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +363,7 @@ def spectral_layout(graph: LayoutGraph, pca: np.ndarray, seed: int, xp: ModuleTy
     centres = _component_centres(pca, host_component, n_components, dim, seed)
     rng = np.random.default_rng(seed)
     result = xp.empty((int(component.shape[0]), dim), dtype=xp.float64)
-    edge_order = xp.argsort(component[rows], kind="stable")
+    edge_order = stable_argsort(component[rows], xp)
     edge_starts = to_numpy(
         xp.searchsorted(component[rows][edge_order], xp.arange(n_components + 1))
     )
