@@ -471,6 +471,10 @@ def umap_step(ctx) -> dict:
             f"{ctx.input.graph} has {graph.n_obs} cells but {ctx.input.h5ad} has "
             f"{pca.shape[0]}; rerun singlecell_neighbors"
         )
+    if ctx.xp.__name__ == "numpy":
+        import numba
+
+        numba.set_num_threads(max(1, min(int(ctx.threads), numba.config.NUMBA_NUM_THREADS)))
     started = time.time()
     embedding, params = umap_embedding(
         graph.obsp["connectivities"],
