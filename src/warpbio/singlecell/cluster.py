@@ -15,12 +15,15 @@ modularity gain of joining each neighbouring community (edge weights summed per
 (node, community) by a sort and a segmented sum), and moves every node with a
 positive gain to its best community.  To keep two nodes from swapping
 communities forever, even sweeps only allow moves to a lower community id and
-odd sweeps to a higher one (cuGraph's rule).  Communities then become nodes of
+odd sweeps to a higher one (cuGraph's rule); a level ends when no node gains or
+modularity stops rising, keeping the best partition seen.  Communities then become nodes of
 the next level's graph.  With ``refine=True`` a Leiden-style refinement runs
 before each aggregation: inside each community, nodes start as singletons and
 only singletons merge (same synchronous moves and rule), so aggregated nodes
 are connected pieces of their community; the next level starts from the
-unrefined communities.  Decisions depend only on sort-based sums, so the result
+unrefined communities.  Synchronous moves can still leave a final community in
+several pieces, so each is split into its connected parts at the end (which
+never lowers modularity).  Decisions depend only on sort-based sums, so the result
 is the same on every run and, up to float rounding in the sums, on CPU and GPU.
 """
 
@@ -255,6 +258,12 @@ def split_disconnected(src, dst, labels, xp):
     return connected_components(src[inside], dst[inside], int(labels.shape[0]), xp)
 
 
+def _level_modularity(level: _Level, comm, resolution: float, m2: float, xp) -> float:
+    inside = float(level.weights[comm[level.src] == comm[level.dst]].sum())
+    totals = _community_totals(comm, level.degree, level.n, xp)
+    return inside / m2 - resolution * float((totals * totals).sum()) / (m2 * m2)
+
+
 def _local_moving(
     level: _Level,
     comm,
@@ -264,24 +273,38 @@ def _local_moving(
     max_sweeps: int,
     allowed_in=None,
     singletons_only: bool = False,
+    patience: int = 4,
 ):
-    """Synchronous moves (up/down rule) until two sweeps in a row move nobody."""
+    """Synchronous sweeps; returns the partition of highest modularity seen.
+
+    Stops when no node would gain in an upward and a downward sweep, or when
+    modularity has not improved for ``patience`` sweeps: the up/down rule stops
+    two nodes swapping, but a few nodes can still chase each other round longer
+    cycles, and they would otherwise run the sweeps out.
+    """
     comm = comm.copy()
-    idle = 0
+    best, best_q = comm.copy(), _level_modularity(level, comm, resolution, m2, xp)
+    idle = stale = 0
     for sweep in range(max_sweeps):
         movers, targets = _sweep_moves(
             level, comm, allowed_in, resolution, m2, upward=bool(sweep % 2), xp=xp
         )
+        idle = idle + 1 if movers.shape[0] == 0 else 0
+        if idle >= 2:
+            break
         if singletons_only and movers.shape[0]:
             movers, targets = _singleton_merges(comm, movers, targets, level.n, xp)
         if movers.shape[0] == 0:
-            idle += 1
-            if idle >= 2:
-                break
             continue
-        idle = 0
         comm[movers] = targets
-    return comm
+        quality = _level_modularity(level, comm, resolution, m2, xp)
+        if quality > best_q + 1e-10:
+            best, best_q, stale = comm.copy(), quality, 0
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    return best
 
 
 def _aggregate(level: _Level, comm, xp):

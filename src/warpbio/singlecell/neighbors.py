@@ -102,8 +102,7 @@ def exact_knn(
     gpu = xp.__name__ != "numpy"
     block_rows = block_rows or (8192 if gpu else 1024)
     largest_tile = largest_tile or (65536 if gpu else 4096)
-    host = np.asarray(points) if not gpu else None
-    data = xp.asarray(points if gpu else host, dtype=xp.float32)
+    data = xp.asarray(points, dtype=xp.float32)
     n = int(data.shape[0])
     if k > n:
         raise ValueError(f"k = {k} neighbours asked of only {n} cells")

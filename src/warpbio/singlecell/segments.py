@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
+MASK32 = 0xFFFFFFFF
+
 
 def stable_argsort(values, xp: ModuleType, axis: int = -1):
     """Stable argsort on both libraries (CuPy's sort is always stable and takes no kind)."""
@@ -89,3 +91,15 @@ def connected_components(rows, cols, n: int, xp: ModuleType):
         if bool((proposed == labels).all()):
             return labels
         labels = proposed
+
+
+def mix32(x):
+    """A 32-bit integer hash (Chris Wellons' lowbias32 with 31-bit multipliers).
+
+    Inputs and outputs lie in [0, 2^32) and every product stays below 2^63, so
+    int64 arithmetic in Numba (CPU and CUDA), Python ints and int64 arrays of
+    NumPy or CuPy all agree exactly.
+    """
+    x = ((x ^ (x >> 16)) * 0x7FEB352D) & MASK32
+    x = ((x ^ (x >> 15)) * 0x6C8E9CF5) & MASK32
+    return x ^ (x >> 16)

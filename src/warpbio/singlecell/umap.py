@@ -2,25 +2,25 @@
 
 umap-learn's optimizer (which scanpy calls) walks the graph's directed edges in
 parallel and moves both endpoints in place, drawing negative samples from a
-shared generator, so its result depends on thread timing.  Here each epoch is a
-pure function of the previous positions: every cell gathers, from the old
-positions, the attraction along its own due edges and the repulsion of its
-negative samples, and all cells then move at once.  Negative samples come from
-a counter-based hash of (seed, epoch, edge, draw), so no generator state is
-shared and the CPU (Numba, parallel over cells) and GPU (Numba CUDA, one thread
-per cell) kernels, compiled from one Python function, draw the same samples and
-do the same float64 arithmetic.
+shared generator, so its result depends on thread timing.  Here an epoch is a
+pure function of the previous one: each cell walks its own due edges, moving
+itself after every sample as umap-learn does, against the *previous epoch's*
+positions of all other cells, and writes its new position to a second buffer.
+Negative samples come from a counter-based hash of (seed, epoch, edge, draw), so
+no generator state is shared and the CPU (Numba, parallel over cells) and GPU
+(Numba CUDA, one thread per cell) kernels, compiled from one Python function,
+draw the same samples and do the same float64 arithmetic.
 
 What stays as in umap-learn: a and b fitted to min_dist and spread; edges below
 max_weight / n_epochs dropped; each edge sampled every max_weight / weight
 epochs with ``negative_sample_rate`` negatives per sample; gradients clipped at
 4; learning rate decaying linearly; spectral initialisation (leading
 eigenvectors of the normalised adjacency, i.e. the smallest of the normalised
-Laplacian), scaled to 10 with 1e-4 noise, then to [0, 10], and a random start
-if the eigensolver fails.  umap-learn moves both ends of a directed edge and its
-symmetric graph holds each edge twice, so a cell receives each due attraction
-twice per sample; the kernel applies it twice, keeping the balance between
-attraction and repulsion.
+Laplacian; component by component for a split graph), scaled to 10 with 1e-4
+noise, then to [0, 10], and a random start if the eigensolver fails.  umap-learn
+moves both ends of a directed edge and its symmetric graph holds each edge
+twice, so a cell receives each due attraction twice per sample; the kernel
+applies it twice, keeping the balance between attraction and repulsion.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ from types import ModuleType
 import numpy as np
 
 from warpbio.progress import Progress
-from warpbio.singlecell.segments import connected_components, stable_argsort
+from warpbio.singlecell.segments import MASK32, connected_components, stable_argsort
+from warpbio.singlecell.segments import mix32 as _mix32
 
 log = logging.getLogger(__name__)
 
-MASK32 = 0xFFFFFFFF
 CLIP = 4.0
 
 
@@ -96,17 +96,6 @@ def layout_graph(connectivities, n_epochs: int) -> LayoutGraph:
 # --------------------------------------------------------------------------
 # the per-cell update: one Python function, compiled for CPU and GPU
 # --------------------------------------------------------------------------
-
-
-def _mix32(x):
-    """A 32-bit integer hash (Chris Wellons' lowbias32 with 31-bit multipliers).
-
-    Inputs and outputs lie in [0, 2^32) and every product stays below 2^63, so
-    int64 arithmetic in Numba (CPU and CUDA) and Python ints agree exactly.
-    """
-    x = ((x ^ (x >> 16)) * 0x7FEB352D) & MASK32
-    x = ((x ^ (x >> 15)) * 0x6C8E9CF5) & MASK32
-    return x ^ (x >> 16)
 
 
 def _clip(value):
