@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -68,8 +69,20 @@ def run(n_cells: int, args, xp) -> list[dict]:
     from sklearn.metrics import adjusted_rand_score
 
     started = time.time()
-    labels, knn = mixture_knn(n_cells, args.clusters, 15, xp, args.spread, args.near)
-    graph = build_graph(knn, np).connectivities
+    name = f"graph-{n_cells}-{args.clusters}-{args.spread}-{args.near}.npz"
+    cached = args.cache / name if args.cache else None
+    if cached is not None and cached.exists():
+        stored = np.load(cached)
+        labels = stored["labels"]
+        graph = sp.csr_matrix((stored["data"], stored["indices"], stored["indptr"]))
+    else:
+        labels, knn = mixture_knn(n_cells, args.clusters, 15, xp, args.spread, args.near)
+        graph = build_graph(knn, np).connectivities
+        if cached is not None:
+            args.cache.mkdir(parents=True, exist_ok=True)
+            np.savez(
+                cached, labels=labels, data=graph.data, indices=graph.indices, indptr=graph.indptr
+            )
     made = time.time() - started
     print(f"{n_cells:,} cells: graph with {graph.nnz:,} stored entries in {made:.0f} s", flush=True)
     rows = []
@@ -77,9 +90,11 @@ def run(n_cells: int, args, xp) -> list[dict]:
         "igraph leiden (n_iterations=-1)": lambda: leiden_igraph(graph, 1.0, 0, -1),
         "igraph leiden (n_iterations=2)": lambda: leiden_igraph(graph, 1.0, 0, 2),
         "igraph louvain": lambda: louvain_igraph(graph, 1.0, 0),
-        f"parallel louvain ({xp.__name__})": lambda: parallel_louvain(graph, 1.0, xp),
-        f"parallel leiden-style ({xp.__name__})": lambda: parallel_louvain(
-            graph, 1.0, xp, refine=True
+        f"parallel louvain ({xp.__name__}, 2 iterations)": lambda: parallel_louvain(
+            graph, 1.0, xp, iterations=2
+        ),
+        f"parallel leiden-style ({xp.__name__}, 2 iterations)": lambda: parallel_louvain(
+            graph, 1.0, xp, refine=True, iterations=2
         ),
     }
     reference = None
@@ -119,6 +134,7 @@ def main() -> None:
     parser.add_argument("--backend", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--only", nargs="*", help="run methods whose name has one of these words")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--cache", type=Path, help="folder to keep the graphs in between runs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.backend == "gpu":

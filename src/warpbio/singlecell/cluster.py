@@ -21,9 +21,10 @@ the next level's graph.  With ``refine=True`` a Leiden-style refinement runs
 before each aggregation: inside each community, nodes start as singletons and
 only singletons merge (same synchronous moves and rule), so aggregated nodes
 are connected pieces of their community; the next level starts from the
-unrefined communities.  Synchronous moves can still leave a final community in
-several pieces, so each is split into its connected parts at the end (which
-never lowers modularity).  Decisions depend only on sort-based sums, so the result
+unrefined communities.  The step runs the hierarchy twice, the second time from
+the first's partition (igraph's ``n_iterations=2``).  Synchronous moves can
+leave a final community in several pieces, so each is split into its connected
+parts at the end (which never lowers modularity).  Decisions depend only on sort-based sums, so the result
 is the same on every run and, up to float rounding in the sums, on CPU and GPU.
 """
 
@@ -233,7 +234,18 @@ def _sweep_moves(level: _Level, comm, allowed_in, resolution: float, m2: float, 
     by_node = by_gain[stable_argsort(node[by_gain], xp)]
     first = first_per_segment(node[by_node], n, xp)
     movers = xp.flatnonzero(first >= 0)
-    return movers, target[by_node[first[movers]]]
+    chosen = by_node[first[movers]]
+    # All movers judged the totals before anyone moved. Where many join one
+    # community at once, re-judge each with the degrees of the others joining
+    # it added; this keeps a sweep from piling everything into a few giants.
+    targets = target[chosen]
+    joining_keys, joining = sum_by_key(targets, level.degree[movers], xp)
+    incoming = xp.zeros(n, dtype=xp.float64)
+    incoming[joining_keys] = joining
+    k_movers = level.degree[movers]
+    crowded = totals[targets] + incoming[targets] - k_movers
+    still = (link[chosen] - resolution * k_movers * crowded / m2) - stay[chosen] > MIN_GAIN * m2
+    return movers[still], targets[still]
 
 
 def _singleton_merges(comm, movers, targets, n: int, xp):
@@ -321,18 +333,35 @@ def parallel_louvain(
     resolution: float = 1.0,
     xp: ModuleType = np,
     refine: bool = False,
+    iterations: int = 1,
     max_levels: int = 32,
     max_sweeps: int = 64,
 ) -> np.ndarray:
-    """Community per cell (host int64); ``refine=True`` for the Leiden variant."""
+    """Community per cell (host int64); ``refine=True`` for the Leiden variant.
+
+    ``iterations`` > 1 runs the whole hierarchy again from the last partition
+    (igraph's ``n_iterations``); with the refinement this is how Leiden improves
+    a partition it has found.
+    """
     from warpbio.device import to_numpy
 
     src, dst, weights = coo_arrays(connectivities, xp)
     n = int(connectivities.shape[0])
-    level = _level(n, src, dst, weights, xp)
+    base = _level(n, src, dst, weights, xp)
     m2 = float(weights.sum())
-    membership = xp.arange(n, dtype=xp.int64)
-    start = xp.arange(n, dtype=xp.int64)
+    partition = xp.arange(n, dtype=xp.int64)
+    for _ in range(iterations):
+        partition = _one_pass(base, partition, resolution, m2, xp, refine, max_levels, max_sweeps)
+    # synchronous moves can leave a community in pieces; split them
+    partition = split_disconnected(src, dst, partition, xp)
+    return relabel_by_size(to_numpy(partition))
+
+
+def _one_pass(base: _Level, start, resolution, m2, xp, refine, max_levels, max_sweeps):
+    """Local moving, (refinement,) aggregation, level after level, from ``start``."""
+    level = base
+    membership = xp.arange(base.n, dtype=xp.int64)
+    start = xp.unique(start, return_inverse=True)[1].ravel().astype(xp.int64)
     for depth in range(max_levels):
         comm = _local_moving(level, start, resolution, m2, xp, max_sweeps)
         if refine:
@@ -351,22 +380,16 @@ def parallel_louvain(
         n_pieces = int(xp.unique(pieces).shape[0])
         log.info("level %d: %d nodes -> %d communities", depth, level.n, n_pieces)
         if n_pieces == level.n:
-            membership = comm[membership]
-            break
+            return comm[membership]
         next_level, piece_of_node = _aggregate(level, pieces, xp)
         membership = piece_of_node[membership]
-        if refine:  # each aggregated piece starts in the community that holds it
-            parent = xp.zeros(next_level.n, dtype=xp.int64)
-            parent[piece_of_node] = comm
-            start = xp.unique(parent, return_inverse=True)[1].ravel().astype(xp.int64)
-        else:
-            start = xp.arange(next_level.n, dtype=xp.int64)
+        # each aggregated node starts in the community that holds it (without
+        # the refinement, pieces are the communities: every node starts alone)
+        parent = xp.zeros(next_level.n, dtype=xp.int64)
+        parent[piece_of_node] = comm
+        start = xp.unique(parent, return_inverse=True)[1].ravel().astype(xp.int64)
         level = next_level
-    else:  # out of levels: the aggregated nodes belong to their starting communities
-        membership = start[membership]
-    # synchronous moves can leave a community in pieces; split them
-    membership = split_disconnected(src, dst, membership, xp)
-    return relabel_by_size(to_numpy(membership))
+    return start[membership]  # out of levels
 
 
 # --------------------------------------------------------------------------
@@ -399,7 +422,9 @@ def cluster_graph(connectivities, settings: dict, seed: int, xp: ModuleType = np
         elif engine == "igraph":
             labels = louvain_igraph(connectivities, resolution, seed, graph)
         else:
-            labels = parallel_louvain(connectivities, resolution, xp, refine=method == "leiden")
+            labels = parallel_louvain(
+                connectivities, resolution, xp, refine=method == "leiden", iterations=2
+            )
         seconds = time.time() - started
         labels = relabel_by_size(labels)
         results[method] = {
