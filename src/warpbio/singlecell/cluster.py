@@ -24,8 +24,9 @@ are connected pieces of their community; the next level starts from the
 unrefined communities.  The step runs the hierarchy twice, the second time from
 the first's partition (igraph's ``n_iterations=2``).  Synchronous moves can
 leave a final community in several pieces, so each is split into its connected
-parts at the end (which never lowers modularity).  Decisions depend only on sort-based sums, so the result
-is the same on every run and, up to float rounding in the sums, on CPU and GPU.
+parts at the end (which never lowers modularity).  Decisions depend only on
+sort-based sums, so the result is the same on every run and, up to float
+rounding in the sums, on CPU and GPU.
 """
 
 from __future__ import annotations
