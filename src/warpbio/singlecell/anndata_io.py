@@ -97,8 +97,12 @@ def read_pca(path, n_pcs: int) -> np.ndarray:
     return pca
 
 
-def read_csr_matrix(path, key: str = "X"):
-    """``X`` of an .h5ad as a scipy CSR (float32 data, int32 indices, int64 indptr)."""
+def read_csr_arrays(path, key: str = "X"):
+    """``X`` of an .h5ad as CSR arrays: float32 data, int32 indices, int64 indptr, shape.
+
+    Straight from the HDF5 datasets when X is stored as CSR: no scipy matrix in
+    between, which would widen the indices to int64 past 2^31 non-zeros.
+    """
     import scipy.sparse as sp
 
     with _open(path) as handle:
@@ -108,13 +112,20 @@ def read_csr_matrix(path, key: str = "X"):
         encoding = _text(element.attrs.get("encoding-type", ""))
         if encoding == "csr_matrix":
             shape = tuple(int(v) for v in element.attrs["shape"])
-            data = np.asarray(element["data"][:], dtype=np.float32)
-            indices = np.asarray(element["indices"][:], dtype=np.int32)
-            indptr = np.asarray(element["indptr"][:], dtype=np.int64)
-            return sp.csr_matrix((data, indices, indptr), shape=shape)
+            return (
+                np.asarray(element["data"][:], dtype=np.float32),
+                np.asarray(element["indices"][:], dtype=np.int32),
+                np.asarray(element["indptr"][:], dtype=np.int64),
+                shape,
+            )
         read_elem, _ = anndata_elements()
-        matrix = read_elem(element)
-    return sp.csr_matrix(matrix, dtype=np.float32)
+        matrix = sp.csr_matrix(read_elem(element), dtype=np.float32)
+    return (
+        matrix.data,
+        matrix.indices.astype(np.int32),
+        matrix.indptr.astype(np.int64),
+        tuple(matrix.shape),
+    )
 
 
 def read_var_names(path) -> np.ndarray:

@@ -49,6 +49,23 @@ class DeviceCsr:
     shape: tuple[int, int]
 
     @classmethod
+    def from_arrays(cls, data, indices, indptr, shape, xp: ModuleType) -> DeviceCsr:
+        return cls(
+            xp.asarray(data, dtype=xp.float32),
+            xp.asarray(indices, dtype=xp.int32),
+            xp.asarray(indptr, dtype=xp.int64),
+            (int(shape[0]), int(shape[1])),
+        )
+
+    def to_scipy(self):
+        import scipy.sparse as sp
+
+        from warpbio.device import to_numpy
+
+        arrays = (to_numpy(self.data), to_numpy(self.indices), to_numpy(self.indptr))
+        return sp.csr_matrix(arrays, shape=self.shape)
+
+    @classmethod
     def from_scipy(cls, matrix, xp: ModuleType) -> DeviceCsr:
         import scipy.sparse as sp
 
@@ -409,7 +426,7 @@ def markers_step(ctx) -> dict:
     from warpbio.io import atomic_write
     from warpbio.singlecell.anndata_io import (
         anndata_elements,
-        read_csr_matrix,
+        read_csr_arrays,
         read_obs_names,
         read_var_names,
     )
@@ -424,16 +441,18 @@ def markers_step(ctx) -> dict:
             f"{ctx.input.clusters}: its cells differ from those of {ctx.input.h5ad}; "
             "rerun singlecell_cluster"
         )
-    matrix = read_csr_matrix(ctx.input.h5ad)
-    if not np.isfinite(matrix.data).all():
-        raise ValueError(f"{ctx.input.h5ad}: X holds NaN or infinite values")
-    if matrix.nnz and np.array_equal(matrix.data, np.round(matrix.data)):
-        log.warning("X of %s looks like raw counts; markers expect log data", ctx.input.h5ad)
+    data, indices, indptr, shape = read_csr_arrays(ctx.input.h5ad)
     genes = read_var_names(ctx.input.h5ad)
     labels = clusters[groupby].to_numpy().astype(np.int64)
     groups = [str(g) for g in range(int(labels.max()) + 1)]
     started = time.time()
-    device = DeviceCsr.from_scipy(matrix, ctx.xp)
+    device = DeviceCsr.from_arrays(data, indices, indptr, shape, ctx.xp)
+    del data, indices, indptr
+    if not bool(ctx.xp.isfinite(device.data).all()):
+        raise ValueError(f"{ctx.input.h5ad}: X holds NaN or infinite values")
+    head = device.data[: 1 << 20]
+    if head.shape[0] and bool((head == ctx.xp.round(head)).all()):
+        log.warning("X of %s looks like raw counts; markers expect log data", ctx.input.h5ad)
     stats, results = rank_genes(
         device,
         labels,
@@ -441,7 +460,7 @@ def markers_step(ctx) -> dict:
         methods,
         ctx.xp,
         tie_correct=bool(settings["tie_correct"]),
-        host_matrix=matrix if "logreg" in methods else None,
+        host_matrix=device.to_scipy() if "logreg" in methods else None,
     )
     seconds = time.time() - started
     log.info(

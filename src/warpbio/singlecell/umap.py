@@ -286,13 +286,16 @@ def _spectral(indptr, indices, weights, dim: int, xp: ModuleType):
     rows = _edge_rows(indptr, int(indices.shape[0]), xp)
     values = weights.astype(xp.float64) * scale[rows] * scale[indices]
     ncv = min(n - 1, max(2 * count + 1, min(int(math.sqrt(n)), 64)))
+    # umap-learn allows 5n ARPACK iterations; bounded here so that a graph with
+    # tiny eigengaps cannot hold up a million-cell run (the start is only a start)
+    max_restarts = min(5 * n, 2000)
     if xp.__name__ == "numpy":
         import scipy.sparse as sp
         from scipy.sparse.linalg import eigsh
 
         matrix = sp.csr_matrix((values, indices, indptr), shape=(n, n))
         eigenvalues, vectors = eigsh(
-            matrix, count, which="LA", ncv=ncv, tol=1e-4, v0=np.ones(n), maxiter=n * 5
+            matrix, count, which="LA", ncv=ncv, tol=1e-4, v0=np.ones(n), maxiter=max_restarts
         )
     else:
         import cupyx.scipy.sparse as csp
@@ -302,7 +305,7 @@ def _spectral(indptr, indices, weights, dim: int, xp: ModuleType):
             (values, indices.astype(xp.int32), indptr.astype(xp.int32)), shape=(n, n)
         )
         eigenvalues, vectors = eigsh(
-            matrix, k=count, which="LA", ncv=ncv, tol=1e-4, v0=xp.ones(n), maxiter=n * 5
+            matrix, k=count, which="LA", ncv=ncv, tol=1e-4, v0=xp.ones(n), maxiter=max_restarts
         )
     order = xp.argsort(-eigenvalues)[1:count]
     vectors = vectors[:, order]
