@@ -35,6 +35,9 @@ TRACKED_PACKAGES = (
     "cupy-cuda13x",
     "torch",
     "scanpy",
+    "scikit-learn",
+    "pynndescent",
+    "igraph",
 )
 
 # Files at or under this size get a full SHA-256; larger ones a size+edges digest

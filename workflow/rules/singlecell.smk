@@ -1,4 +1,6 @@
-# Single-cell RNA-seq: simulate or ingest counts; QC metrics; preprocessing through PCA.
+# Single-cell RNA-seq: simulate or ingest counts; QC metrics; preprocessing through PCA
+# (singlecell_preprocess); then the kNN graph, UMAP, Leiden/Louvain, markers, plots
+# and the final annotated AnnData.
 
 
 rule singlecell_simulate:
@@ -138,4 +140,232 @@ TARGETS["singlecell"] += [
         done("singlecell", f"provenance/{SINGLECELL_SOURCE_RULE}.provenance.json"),
         "Provenance of the count matrix.",
     ),
+]
+
+
+# ---- neighbours -> UMAP -> clusters -> markers -> annotated AnnData, plots ----
+# Small files between the stages; the big AnnData is read by markers and
+# annotate only, and written once (annotated.h5ad).
+
+SINGLECELL_PREPROCESSED = out("singlecell", "preprocessed.h5ad")
+SINGLECELL_MARKER_METHODS = list(config["singlecell"]["markers"]["methods"])
+
+
+rule singlecell_neighbors:
+    input:
+        h5ad=SINGLECELL_PREPROCESSED,
+    output:
+        graph=out("singlecell", "neighbors/graph.h5ad"),
+        provenance=out("singlecell", "provenance/neighbors.provenance.json"),
+    log:
+        log_path("singlecell", "neighbors"),
+    benchmark:
+        benchmark_path("singlecell", "neighbors")
+    conda:
+        conda_env("singlecell")
+    threads: 4  # BLAS-bound on the CPU
+    resources:
+        gpu=gpus("singlecell"),
+        mem_mb=mem_mb(4000),
+        runtime=60,
+    params:
+        neighbors=config["singlecell"]["neighbors"],
+        seed=seed("singlecell"),
+        backend=backend("singlecell"),
+    script:
+        "../scripts/singlecell_neighbors.py"
+
+
+rule singlecell_umap:
+    input:
+        graph=out("singlecell", "neighbors/graph.h5ad"),
+        h5ad=SINGLECELL_PREPROCESSED,
+    output:
+        umap=out("singlecell", "umap/umap.tsv"),
+        provenance=out("singlecell", "provenance/umap.provenance.json"),
+    log:
+        log_path("singlecell", "umap"),
+    benchmark:
+        benchmark_path("singlecell", "umap")
+    conda:
+        conda_env("singlecell")
+    threads: 4  # Numba, parallel over cells
+    resources:
+        gpu=gpus("singlecell"),
+        mem_mb=mem_mb(4000),
+        runtime=60,
+    params:
+        umap=config["singlecell"]["umap"],
+        seed=seed("singlecell"),
+        backend=backend("singlecell"),
+    script:
+        "../scripts/singlecell_umap.py"
+
+
+rule singlecell_cluster:
+    input:
+        graph=out("singlecell", "neighbors/graph.h5ad"),
+        h5ad=SINGLECELL_PREPROCESSED,
+    output:
+        clusters=out("singlecell", "clusters/clusters.tsv"),
+        scores=out("singlecell", "clusters/scores.tsv"),
+        sizes=out("singlecell", "clusters/sizes.tsv"),
+        provenance=out("singlecell", "provenance/cluster.provenance.json"),
+    log:
+        log_path("singlecell", "cluster"),
+    benchmark:
+        benchmark_path("singlecell", "cluster")
+    conda:
+        conda_env("singlecell")
+    threads: 1
+    resources:
+        gpu=gpus("singlecell"),
+        mem_mb=mem_mb(4000),
+        runtime=60,
+    params:
+        cluster=config["singlecell"]["cluster"],
+        seed=seed("singlecell"),
+        backend=backend("singlecell"),
+    script:
+        "../scripts/singlecell_cluster.py"
+
+
+rule singlecell_markers:
+    input:
+        h5ad=SINGLECELL_PREPROCESSED,
+        clusters=out("singlecell", "clusters/clusters.tsv"),
+    output:
+        tables=expand(
+            out("singlecell", "markers/{method}.tsv"),
+            method=SINGLECELL_MARKER_METHODS,
+            allow_missing=True,
+        ),
+        rank_genes_groups=out("singlecell", "markers/rank_genes_groups.h5"),
+        dotplot=out("singlecell", "markers/dotplot.tsv"),
+        provenance=out("singlecell", "provenance/markers.provenance.json"),
+    log:
+        log_path("singlecell", "markers"),
+    benchmark:
+        benchmark_path("singlecell", "markers")
+    conda:
+        conda_env("singlecell")
+    threads: 2
+    resources:
+        gpu=gpus("singlecell"),
+        mem_mb=mem_mb(8000),
+        runtime=60,
+    params:
+        markers=config["singlecell"]["markers"],
+        backend=backend("singlecell"),
+    script:
+        "../scripts/singlecell_markers.py"
+
+
+rule singlecell_annotate:
+    input:
+        h5ad=SINGLECELL_PREPROCESSED,
+        graph=out("singlecell", "neighbors/graph.h5ad"),
+        umap=out("singlecell", "umap/umap.tsv"),
+        clusters=out("singlecell", "clusters/clusters.tsv"),
+        scores=out("singlecell", "clusters/scores.tsv"),
+        rank_genes_groups=out("singlecell", "markers/rank_genes_groups.h5"),
+    output:
+        h5ad=out("singlecell", "annotated.h5ad"),
+        provenance=out("singlecell", "provenance/annotate.provenance.json"),
+    log:
+        log_path("singlecell", "annotate"),
+    benchmark:
+        benchmark_path("singlecell", "annotate")
+    conda:
+        "../envs/cpu.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(8000),
+        runtime=60,
+    params:
+        umap=config["singlecell"]["umap"],
+        cluster=config["singlecell"]["cluster"],
+        seed=seed("singlecell"),
+        backend="cpu",
+    script:
+        "../scripts/singlecell_annotate.py"
+
+
+rule singlecell_plots:
+    input:
+        umap=out("singlecell", "umap/umap.tsv"),
+        clusters=out("singlecell", "clusters/clusters.tsv"),
+        dotplot=out("singlecell", "markers/dotplot.tsv"),
+    output:
+        umap=report(
+            out("singlecell", "plots/umap.png"),
+            caption="../report/singlecell_umap.rst",
+            category="Single-cell RNA-seq",
+            labels={"dataset": "{dataset}", "figure": "UMAP by cluster"},
+        ),
+        dotplot=report(
+            out("singlecell", "plots/dotplot.png"),
+            caption="../report/singlecell_dotplot.rst",
+            category="Single-cell RNA-seq",
+            labels={"dataset": "{dataset}", "figure": "marker dot plot"},
+        ),
+        provenance=out("singlecell", "provenance/plots.provenance.json"),
+    log:
+        log_path("singlecell", "plots"),
+    benchmark:
+        benchmark_path("singlecell", "plots")
+    conda:
+        "../envs/cpu.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb(4000),
+        runtime=30,
+    params:
+        plots=config["singlecell"]["plots"],
+        markers=config["singlecell"]["markers"],
+        seed=seed("singlecell"),
+        backend="cpu",
+    script:
+        "../scripts/singlecell_plots.py"
+
+
+TARGETS["singlecell"] += [
+    (
+        done("singlecell", "neighbors/graph.h5ad"),
+        "kNN graph: scanpy's obsp and uns.",
+    ),
+    (done("singlecell", "umap/umap.tsv"), "UMAP coordinates per cell."),
+    (
+        done("singlecell", "clusters/clusters.tsv"),
+        "Leiden and Louvain cluster per cell.",
+    ),
+    (
+        done("singlecell", "clusters/scores.tsv"),
+        "Clusters: count, modularity, ARI vs the truth when simulated.",
+    ),
+    (done("singlecell", "clusters/sizes.tsv"), "Cells per cluster."),
+    *[
+        (
+            done("singlecell", f"markers/{method}.tsv"),
+            f"Marker genes per cluster ({method}).",
+        )
+        for method in SINGLECELL_MARKER_METHODS
+    ],
+    (
+        done("singlecell", "markers/dotplot.tsv"),
+        "Dot plot data: top markers per cluster.",
+    ),
+    (
+        done("singlecell", "annotated.h5ad"),
+        "Final AnnData: X_pca, X_umap, graph, clusters, rank_genes_groups.",
+    ),
+    (done("singlecell", "plots/umap.png"), "UMAP by cluster, sample, truth."),
+    (done("singlecell", "plots/dotplot.png"), "Marker dot plot."),
+    *[
+        (
+            done("singlecell", f"provenance/{name}.provenance.json"),
+            f"Provenance of the {name} step.",
+        )
+        for name in ("neighbors", "umap", "cluster", "markers", "annotate", "plots")
+    ],
 ]

@@ -1,0 +1,115 @@
+"""Leiden/Louvain: scanpy agreement, seeds, the parallel engine, modularity, the truth."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.metrics import adjusted_rand_score
+
+from warpbio.singlecell import cluster as clustering
+from warpbio.singlecell.neighbors import build_graph, exact_knn
+
+
+@pytest.fixture(scope="module")
+def brain_graph(brain):
+    return brain.obsp["connectivities"]
+
+
+def test_leiden_matches_scanpys_on_the_same_graph(brain, brain_graph):
+    ours = clustering.leiden_igraph(brain_graph, 1.0, seed=0)
+    assert adjusted_rand_score(brain.obs["leiden_igraph"], ours) >= 0.9
+
+
+def test_same_seed_same_clusters(brain_graph):
+    first = clustering.leiden_igraph(brain_graph, 1.0, seed=5)
+    np.testing.assert_array_equal(first, clustering.leiden_igraph(brain_graph, 1.0, seed=5))
+    np.testing.assert_array_equal(
+        clustering.louvain_igraph(brain_graph, 1.0, seed=5),
+        clustering.louvain_igraph(brain_graph, 1.0, seed=5),
+    )
+
+
+def test_modularity_equals_igraphs(brain_graph):
+    labels = clustering.leiden_igraph(brain_graph, 0.7, seed=0)
+    graph = clustering.igraph_graph(brain_graph)
+    expected = graph.modularity(labels.tolist(), weights="weight", resolution=0.7)
+    assert clustering.graph_modularity(brain_graph, labels, 0.7) == pytest.approx(
+        expected, abs=1e-9
+    )
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_parallel_engine_on_the_brain_subset(brain_graph, refine):
+    """Synchronous Louvain: deterministic; modularity within 3% of igraph's Louvain."""
+    labels = clustering.parallel_louvain(brain_graph, 1.0, refine=refine)
+    np.testing.assert_array_equal(
+        labels, clustering.parallel_louvain(brain_graph, 1.0, refine=refine)
+    )
+    reference = clustering.louvain_igraph(brain_graph, 1.0, seed=0)
+    ours_q = clustering.graph_modularity(brain_graph, labels, 1.0)
+    igraph_q = clustering.graph_modularity(brain_graph, reference, 1.0)
+    assert ours_q >= 0.97 * igraph_q
+    assert adjusted_rand_score(clustering.leiden_igraph(brain_graph, 1.0, seed=0), labels) >= 0.6
+    # refinement keeps every cluster connected within itself
+    for cluster in np.unique(labels):
+        members = np.flatnonzero(labels == cluster)
+        sub = brain_graph[members][:, members]
+        if refine:
+            assert sp.csgraph.connected_components(sub, directed=False)[0] == 1
+
+
+def test_parallel_engine_merges_cliques_and_never_swaps_forever():
+    # two 5-cliques joined by one weak edge, and a ring of 4 whose synchronous
+    # moves would swap forever without the up/down rule
+    blocks = sp.block_diag([np.ones((5, 5)) - np.eye(5)] * 2, format="lil")
+    blocks[4, 5] = blocks[5, 4] = 0.1
+    labels = clustering.parallel_louvain(sp.csr_matrix(blocks), 1.0)
+    assert (labels[:5] == labels[0]).all() and (labels[5:] == labels[5]).all()
+    assert labels[0] != labels[5]
+    ring = sp.csr_matrix(np.roll(np.eye(4), 1, axis=1) + np.roll(np.eye(4), -1, axis=1))
+    assert np.unique(clustering.parallel_louvain(ring, 1.0)).size <= 2
+
+
+def test_relabel_by_size_orders_largest_first():
+    np.testing.assert_array_equal(
+        clustering.relabel_by_size(np.array([7, 3, 3, 9, 9, 9])), np.array([2, 1, 1, 0, 0, 0])
+    )
+
+
+@pytest.mark.parametrize("engine", ["igraph", "parallel"])
+def test_simulator_clusters_recover_the_true_types(simulated, engine):
+    """Acceptance 2, with the schema's default resolutions."""
+    from .reference import default_settings
+
+    settings = {**default_settings()["cluster"], "engine": engine}
+    connectivities = build_graph(exact_knn(simulated.obsm["X_pca"], 15)).connectivities
+    found = clustering.cluster_graph(connectivities, settings, seed=0)
+    truth = simulated.obs["true_cell_type"].to_numpy()
+    for method in ("leiden", "louvain"):
+        assert adjusted_rand_score(truth, found[method]["labels"]) >= 0.9, method
+
+
+def test_unknown_engine_is_refused():
+    with pytest.raises(ValueError, match="not one of auto, igraph, parallel"):
+        clustering.choose_engine("cugraph", gpu=False)
+    assert clustering.choose_engine("auto", gpu=True) == "parallel"
+    assert clustering.choose_engine("auto", gpu=False) == "igraph"
+
+
+def test_leiden_against_scanpys_default_leidenalg_flavour(brain, brain_graph):
+    """scanpy's default flavour is another implementation (leidenalg, directed graph):
+    no seed makes them equal, and on this graph they agree about as well as igraph's
+    Leiden agrees with itself under another seed."""
+    import warnings
+
+    import scanpy as sc
+
+    adata = brain.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc.tl.leiden(adata, key_added="leidenalg", n_iterations=2)
+    ours = clustering.leiden_igraph(brain_graph, 1.0, seed=0)
+    other_seed = clustering.leiden_igraph(brain_graph, 1.0, seed=1)
+    against_leidenalg = adjusted_rand_score(adata.obs["leidenalg"], ours)
+    between_seeds = adjusted_rand_score(ours, other_seed)
+    print(f"ARI vs leidenalg {against_leidenalg:.3f}, vs seed 1 {between_seeds:.3f}")
+    assert against_leidenalg >= 0.7

@@ -1,0 +1,8 @@
+"""Snakemake entry point; the work is in warpbio.singlecell.neighbors.neighbors_step."""
+
+import _bootstrap  # noqa: F401 - this checkout's src/ first on sys.path
+
+from warpbio.runner import run_step
+from warpbio.singlecell.neighbors import neighbors_step
+
+run_step(snakemake, neighbors_step)  # noqa: F821 - snakemake is injected by the script directive
