@@ -123,6 +123,18 @@ def to_numpy(array):
     return get() if callable(get) else array
 
 
+def numba_cuda() -> ModuleType:
+    """``numba.cuda``, imported after restoring ``np.row_stack`` (NumPy 2.5 removed it;
+    numba-cuda 0.30 still calls it while it loads)."""
+    import numpy
+
+    if not hasattr(numpy, "row_stack"):
+        numpy.row_stack = numpy.vstack
+    from numba import cuda
+
+    return cuda
+
+
 # --------------------------------------------------------------------------
 # GPU pool discovery
 # --------------------------------------------------------------------------

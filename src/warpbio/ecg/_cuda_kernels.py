@@ -4,14 +4,10 @@ A module of its own because Numba's CUDA simulator swaps the module-global
 ``cuda`` name of the kernels it runs: the kernels must see ``cuda`` as a global.
 """
 
-import numpy as np
-
-if not hasattr(np, "row_stack"):  # numba-cuda 0.30 still calls it; NumPy 2.5 removed it
-    np.row_stack = np.vstack
-
-from numba import cuda  # after the NumPy alias it needs
-
+from warpbio.device import numba_cuda
 from warpbio.ecg.kernels import interpolate, is_window_max
+
+cuda = numba_cuda()
 
 is_window_max_gpu = cuda.jit(device=True)(is_window_max)
 interpolate_gpu = cuda.jit(device=True)(interpolate)

@@ -113,8 +113,9 @@ def _numba_cuda_works() -> bool:
     import logging
 
     try:
-        from numba import cuda
+        from warpbio.device import numba_cuda
 
+        cuda = numba_cuda()
         if not cuda.is_available():
             raise RuntimeError("numba.cuda.is_available() is False")
         nms, embed = cuda_kernels()

@@ -195,7 +195,9 @@ def cpu_epoch():
 @functools.cache
 def gpu_epoch():
     """The GPU kernel: Numba CUDA, one thread per cell (also runs under CUDASIM)."""
-    from numba import cuda
+    from warpbio.device import numba_cuda
+
+    cuda = numba_cuda()
 
     helpers = {"_mix32": cuda.jit(device=True)(_mix32), "_clip": cuda.jit(device=True)(_clip)}
     cell = cuda.jit(device=True)(_rebind(_cell_epoch, **helpers))
