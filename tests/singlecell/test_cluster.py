@@ -92,6 +92,9 @@ def test_unknown_engine_is_refused():
     with pytest.raises(ValueError, match="not one of auto, igraph, parallel"):
         clustering.choose_engine("cugraph", gpu=False)
     assert clustering.choose_engine("auto", gpu=True) == "parallel"
+    assert clustering.choose_engine("auto", True, 10_000, 200_000) == "igraph"
+    assert clustering.choose_engine("auto", True, 1_300_000, 200_000) == "parallel"
+    assert clustering.choose_engine("auto", False, 1_300_000, 200_000) == "igraph"
     assert clustering.choose_engine("auto", gpu=False) == "igraph"
 
 

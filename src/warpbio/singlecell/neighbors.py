@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from functools import cache
 from types import ModuleType
 
 import numpy as np
@@ -82,6 +83,23 @@ def _merge_candidates(best_d, best_i, rows, cand_d, cand_i, xp):
     return all_d[take], all_i[take]
 
 
+def _below(partial, column_norms, thresholds, xp):
+    """partial + |b|^2 < threshold, in float32; on the GPU one fused pass over the tile
+    (the unfused sum and compare read and write the tile three more times)."""
+    if xp.__name__ == "numpy":
+        return (partial + column_norms) < thresholds
+    return _below_kernel()(partial, column_norms, thresholds)
+
+
+@cache
+def _below_kernel():
+    import cupy
+
+    return cupy.ElementwiseKernel(
+        "float32 p, float32 c, float32 t", "bool m", "m = (p + c) < t", "warpbio_knn_below"
+    )
+
+
 def _tile_widths(n: int, first: int, largest: int):
     start, width = 0, first
     while start < n:
@@ -123,11 +141,13 @@ def exact_knn(
         best_i = xp.full((r1 - r0, width), -1, dtype=xp.int64)
         for c0, c1 in _tile_widths(n, first_tile, largest_tile):
             partial = scaled_rows @ data[c0:c1].T
-            partial += norms[None, c0:c1]
-            rows, cols = xp.nonzero(partial < (best_d[:, -1] - row_norms)[:, None])
+            rows, cols = xp.nonzero(
+                _below(partial, norms[None, c0:c1], (best_d[:, -1] - row_norms)[:, None], xp)
+            )
             if rows.shape[0] == 0:
                 continue
-            cand_d = xp.maximum(partial[rows, cols] + row_norms[rows], xp.float32(0.0))
+            partial_d = partial[rows, cols] + norms[cols + c0]
+            cand_d = xp.maximum(partial_d + row_norms[rows], xp.float32(0.0))
             best_d, best_i = _merge_candidates(
                 best_d, best_i, rows.astype(xp.int64), cand_d, cols + c0, xp
             )
