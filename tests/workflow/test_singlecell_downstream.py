@@ -9,7 +9,7 @@ import copy
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, run_snakemake, write_config
+from conftest import load_demo_config, run_snakemake, write_config
 
 pytestmark = pytest.mark.workflow
 
@@ -31,8 +31,9 @@ def workdir(tmp_path_factory):
     from warpbio.singlecell.simulate import SimulationSpec, simulate_counts, to_anndata
 
     workdir = tmp_path_factory.mktemp("downstream")
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config["genotype"]["enabled"] = False
+    config = load_demo_config()
+    for other in ("genotype", "ecg", "fold"):
+        config[other]["enabled"] = False
     config["singlecell"]["backend"] = "cpu"
     folder = workdir / "results/singlecell/demo"
     folder.mkdir(parents=True)

@@ -77,8 +77,8 @@ def read_obs(path):
         return read_elem(handle["obs"])
 
 
-def read_pca(path, n_pcs: int) -> np.ndarray:
-    """The first ``n_pcs`` columns of ``obsm['X_pca']`` as float32."""
+def read_pca(path, n_pcs: int | None) -> np.ndarray:
+    """The first ``n_pcs`` columns of ``obsm['X_pca']`` as float32 (None: all)."""
     with _open(path) as handle:
         if "obsm" not in handle or "X_pca" not in handle["obsm"]:
             raise InputFormatError(
@@ -86,6 +86,8 @@ def read_pca(path, n_pcs: int) -> np.ndarray:
                 "singlecell_preprocess (or scanpy.pp.pca) in the input"
             )
         dataset = handle["obsm"]["X_pca"]
+        if dataset.ndim == 2 and n_pcs is None:
+            n_pcs = int(dataset.shape[1])
         if dataset.ndim != 2 or dataset.shape[1] < n_pcs:
             raise InputFormatError(
                 f"{path}: obsm['X_pca'] has shape {dataset.shape}, fewer than the "

@@ -366,7 +366,8 @@ def neighbors_step(ctx) -> dict:
     from warpbio.singlecell.anndata_io import read_obs_names, read_pca, write_graph
 
     settings = dict(ctx.params.neighbors)
-    pca = read_pca(ctx.input.h5ad, int(settings["n_pcs"]))
+    n_pcs = settings["n_pcs"]
+    pca = read_pca(ctx.input.h5ad, None if n_pcs is None else int(n_pcs))
     names = read_obs_names(ctx.input.h5ad)
     n = pca.shape[0]
     k = int(settings["n_neighbors"])
