@@ -77,3 +77,16 @@ def finished_demo(tmp_path_factory):
     configfile = write_config(workdir, config)
     run_snakemake(workdir, "--cores", "2", "--configfile", str(configfile))
     return workdir, config
+
+
+def assert_negative_count_refused(done, workdir: Path) -> None:
+    """singlecell_preprocess of dataset 'bad' (a -2 count) failed clearly and left nothing."""
+    assert done.returncode != 0
+    results = workdir / "results/singlecell/bad"
+    assert (results / "ingested.h5ad").exists()
+    assert not (results / "preprocessed.h5ad").exists()
+    assert not (results / "qc/filtering.tsv").exists()
+    assert not list(results.rglob(".*tmp-*"))
+    log = (workdir / "logs/singlecell/preprocess/bad.log").read_text()
+    assert "ingested.h5ad: 1 negative or invalid count(s), first -2.0 in cell" in log
+    assert "raw UMI counts" in log

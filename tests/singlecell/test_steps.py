@@ -173,19 +173,24 @@ def test_same_seed_same_files(chain, simulated_h5ad, tmp_path):
     assert (first.obsp["connectivities"] != again.obsp["connectivities"]).nnz == 0
 
 
+def neighbors_job(h5ad, graph, tmp_path):
+    """A singlecell_neighbors job with the schema's settings, logging to tmp_path."""
+    return fake_job(
+        "singlecell_neighbors",
+        {"h5ad": h5ad},
+        {"graph": graph, "provenance": tmp_path / "p.json"},
+        {"neighbors": default_settings()["neighbors"], "seed": 0, "backend": "cpu"},
+        tmp_path / "log.txt",
+    )
+
+
 def test_missing_pca_fails_clearly_and_leaves_nothing(simulated, tmp_path):
     bare = simulated.copy()
     del bare.obsm["X_pca"]
     path = tmp_path / "no_pca.h5ad"
     bare.write_h5ad(path)
     out = tmp_path / "graph.h5ad"
-    job = fake_job(
-        "singlecell_neighbors",
-        {"h5ad": path},
-        {"graph": out, "provenance": tmp_path / "p.json"},
-        {"neighbors": default_settings()["neighbors"], "seed": 0, "backend": "cpu"},
-        tmp_path / "log.txt",
-    )
+    job = neighbors_job(path, out, tmp_path)
     with pytest.raises(InputFormatError, match=r"no_pca\.h5ad: no obsm\['X_pca'\]"):
         run_step(job, neighbors_step)
     assert not out.exists() and not (tmp_path / "p.json").exists()
@@ -195,13 +200,7 @@ def test_missing_pca_fails_clearly_and_leaves_nothing(simulated, tmp_path):
 def test_truncated_h5ad_fails_clearly(simulated_h5ad, tmp_path):
     cut = tmp_path / "cut.h5ad"
     cut.write_bytes(simulated_h5ad.read_bytes()[:4096])
-    job = fake_job(
-        "singlecell_neighbors",
-        {"h5ad": cut},
-        {"graph": tmp_path / "graph.h5ad", "provenance": tmp_path / "p.json"},
-        {"neighbors": default_settings()["neighbors"], "seed": 0, "backend": "cpu"},
-        tmp_path / "log.txt",
-    )
+    job = neighbors_job(cut, tmp_path / "graph.h5ad", tmp_path)
     with pytest.raises(InputFormatError, match=r"cut\.h5ad: cannot be read as HDF5 .* truncated"):
         run_step(job, neighbors_step)
     assert not (tmp_path / "graph.h5ad").exists()
@@ -236,13 +235,7 @@ def test_too_few_cells_for_k(simulated, tmp_path):
     small = simulated[:10].copy()
     path = tmp_path / "small.h5ad"
     small.write_h5ad(path)
-    job = fake_job(
-        "singlecell_neighbors",
-        {"h5ad": path},
-        {"graph": tmp_path / "g.h5ad", "provenance": tmp_path / "p.json"},
-        {"neighbors": default_settings()["neighbors"], "seed": 0, "backend": "cpu"},
-        tmp_path / "log.txt",
-    )
+    job = neighbors_job(path, tmp_path / "g.h5ad", tmp_path)
     with pytest.raises(ValueError, match=r"10 cells but singlecell\.neighbors\.n_neighbors = 15"):
         run_step(job, neighbors_step)
 

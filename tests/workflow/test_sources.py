@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, run_snakemake, write_config
+from conftest import REPO, assert_negative_count_refused, run_snakemake, write_config
 
 pytestmark = pytest.mark.workflow
 
@@ -65,15 +65,7 @@ def test_bad_counts_stop_preprocessing_with_no_output(tmp_path):
     done = run_snakemake(
         tmp_path, target, "--cores", "1", "--configfile", str(configfile), check=False
     )
-    assert done.returncode != 0
-    results = tmp_path / "results/singlecell/bad"
-    assert (results / "ingested.h5ad").exists()
-    assert not (results / "preprocessed.h5ad").exists()
-    assert not (results / "qc/filtering.tsv").exists()
-    assert not list(results.rglob(".*tmp-*"))
-    log = (tmp_path / "logs/singlecell/preprocess/bad.log").read_text()
-    assert "ingested.h5ad: 1 negative or invalid count(s), first -2.0 in cell" in log
-    assert "raw UMI counts" in log
+    assert_negative_count_refused(done, tmp_path)
 
 
 def test_vcf_source(tmp_path):

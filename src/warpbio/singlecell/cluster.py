@@ -412,9 +412,7 @@ def cluster_graph(connectivities, settings: dict, seed: int, xp: ModuleType = np
     """Leiden and Louvain labels (relabelled by size) plus timings and modularity."""
     gpu = xp.__name__ != "numpy"
     n_cells = int(connectivities.shape[0])
-    engine = choose_engine(
-        settings["engine"], gpu, n_cells, int(settings.get("parallel_min_cells", 0))
-    )
+    engine = choose_engine(settings["engine"], gpu, n_cells, int(settings["parallel_min_cells"]))
     results = {}
     graph = igraph_graph(connectivities) if engine == "igraph" else None
     for method in ("leiden", "louvain"):
