@@ -74,13 +74,61 @@ def model_config(name: str) -> ModelConfig:
     return ModelConfig(ptm=name.endswith("_ptm"))
 
 
+PRECISIONS = ("float32", "bfloat16")
+ATTENTION_KERNELS = ("reference", "sdpa")
+
+
 @dataclass(frozen=True)
 class InferenceOptions:
     """Run-time options that do not change the weights.
 
-    ``chunk_size`` bounds the batch rows that attention and transitions process
-    at once (memory for speed); the results do not depend on it.
+    The defaults are the unoptimized float32 reference path; :meth:`fast` turns
+    every inference optimization on. Each switch is checked against the
+    reference path in the tests.
+
+    - ``chunk_size``: rows of attention/transition/outer-product batches at once
+      (memory for speed; results do not depend on it). ``auto_chunk`` picks it
+      per target from the free device memory instead.
+    - ``precision``: ``bfloat16`` autocasts the Evoformer and extra-MSA stacks
+      (the structure module, heads and the residual stream stay float32).
+    - ``attention``: ``sdpa`` runs gated attention with pair bias through
+      PyTorch's fused scaled-dot-product attention (memory-efficient kernel).
+    - ``fused``: concatenated projections and fused gating kernels (Triton on
+      CUDA, a PyTorch twin elsewhere).
+    - ``inplace``: residual updates in place (no second copy of pair/MSA).
+    - ``compile``: ``torch.compile`` of the Evoformer block, with the target
+      padded up to one of ``length_buckets`` to bound recompiles.
+    - ``early_stop_tolerance``: stop recycling once the CA positions move less
+      than this RMS (Angstrom) between recycles; 0 = off (the reference).
+    - ``offload``: keep the recycled pair/MSA tensors and the MSA stack's
+      inputs on the host between recycles (very long targets).
     """
 
     num_recycle: int = 3
     chunk_size: int | None = None
+    auto_chunk: bool = False
+    precision: str = "float32"
+    attention: str = "reference"
+    fused: bool = False
+    inplace: bool = False
+    compile: bool = False
+    length_buckets: tuple[int, ...] = ()
+    early_stop_tolerance: float = 0.0
+    offload: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r}: use one of {PRECISIONS}")
+        if self.attention not in ATTENTION_KERNELS:
+            raise ValueError(f"attention {self.attention!r}: use one of {ATTENTION_KERNELS}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"chunk_size {self.chunk_size}: use a positive integer or None")
+
+    @classmethod
+    def fast(cls, **changes) -> InferenceOptions:
+        """Every optimization that keeps the reference's accuracy."""
+        settings = dict(
+            auto_chunk=True, precision="bfloat16", attention="sdpa", fused=True, inplace=True
+        )
+        settings.update(changes)
+        return cls(**settings)
