@@ -111,6 +111,23 @@ def test_backend_choice():
         pass
 
 
+def test_fused_module_compiles_as_one_graph():
+    """Inside torch.compile the twins run (inductor fuses them itself) and the
+    weight concatenation is traced, not cached: no graph break."""
+    module = perturbed_module(False, 24, 20)
+    pair, mask = pair_inputs(13, 24, CPU)
+
+    def update(pair, mask):
+        return kernels.triangle_multiplication_fused(module, pair, mask)
+
+    compiled = torch.compile(update, fullgraph=True, dynamic=False, backend="aot_eager")
+    with torch.no_grad(), kernels.kernel_backend("triton"):  # compile takes the twins anyway
+        fused = compiled(pair, mask)
+        reference = module(pair, mask)
+    torch.testing.assert_close(fused, reference, atol=1e-5, rtol=1e-5)
+    assert "_fused_projections" not in module.__dict__
+
+
 def test_triton_kernels_match_twins_under_interpreter():
     """kernel_cases.py's tests in a fresh process with TRITON_INTERPRET=1 (it must be
     set before triton is imported, which this process may already have done)."""
