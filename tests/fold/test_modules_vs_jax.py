@@ -24,6 +24,7 @@ from fold.af2_reference import (  # noqa: E402
 )
 from warpbio.fold.config import StructureConfig  # noqa: E402
 from warpbio.fold.model import evoformer, structure  # noqa: E402
+from warpbio.fold.model.plan import Plan  # noqa: E402
 from warpbio.fold.params import load_params  # noqa: E402
 
 N_RES, N_SEQ = 16, 8
@@ -91,7 +92,7 @@ def test_triangle_attention(per_column):
     params, ref = run_reference(fn, pair, pair_mask)
     ours = load(evoformer.TriangleAttention(C_Z, 4, per_column), params, name)
     assert_matches(ours(t(pair), t(pair_mask)), ref)
-    assert_matches(ours(t(pair), t(pair_mask), chunk_size=5), ref, what="chunked")
+    assert_matches(ours(t(pair), t(pair_mask), Plan(chunk_size=5)), ref, what="chunked")
 
 
 def test_msa_row_attention_with_pair_bias():
@@ -142,7 +143,7 @@ def test_outer_product_mean():
     params, ref = run_reference(fn, msa, msa_mask)
     ours = load(evoformer.OuterProductMean(C_M, 8, C_Z), params, name)
     assert_matches(ours(t(msa), t(msa_mask)), ref)
-    assert_matches(ours(t(msa), t(msa_mask), chunk_size=3), ref, what="chunked")
+    assert_matches(ours(t(msa), t(msa_mask), Plan(chunk_size=3)), ref, what="chunked")
 
 
 @pytest.mark.parametrize("which", ["msa_transition", "pair_transition"])

@@ -90,8 +90,11 @@ rule fold_predict:
         runtime=240,
     params:
         inference={
+            **config["fold"]["inference"],
             "num_recycle": config["fold"]["num_recycle"],
-            "chunk_size": config["fold"]["chunk_size"],
+            # the old top-level fold.chunk_size, while inference.chunk_size is 0
+            "chunk_size": config["fold"]["inference"]["chunk_size"]
+            or config["fold"]["chunk_size"],
         },
         weights=config["fold"]["weights"],
         seed=seed("fold"),

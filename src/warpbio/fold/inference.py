@@ -18,7 +18,8 @@ import torch
 
 from warpbio.fold.config import InferenceOptions, ModelConfig, model_config
 from warpbio.fold.features import recycle_batch
-from warpbio.fold.model.alphafold import AlphaFold
+from warpbio.fold.model.alphafold import AlphaFold, to_host
+from warpbio.fold.model.plan import make_plan
 from warpbio.fold.outputs import Prediction
 from warpbio.fold.params import WeightsError, load_params, stacked_blocks
 from warpbio.progress import Progress
@@ -91,22 +92,44 @@ def peak_host_mb() -> float:
     return peak / 1024**2 if sys.platform == "darwin" else peak / 1024
 
 
+def prepare_model(model: AlphaFold, options: InferenceOptions, device: torch.device) -> AlphaFold:
+    """Hook for ``compile`` and ``length_buckets`` (torch.compile of the blocks and
+    padding to length buckets, another branch's work): the model unchanged here."""
+    if options.compile or options.length_buckets:
+        log.warning(
+            "compile=%s, length_buckets=%s: not applied in this build (model runs eagerly)",
+            options.compile,
+            list(options.length_buckets),
+        )
+    return model
+
+
 def predict(
     model: AlphaFold,
     features: dict[str, np.ndarray],
     options: InferenceOptions,
     device: torch.device,
+    free_bytes: int | None = None,
 ) -> dict:
-    """Run the recycling loop; returns host NumPy outputs and timings."""
+    """Run the recycling loop; returns host NumPy outputs and timings.
+
+    ``free_bytes`` overrides the measured free memory of ``auto_chunk``."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    model = model.to(device)
+    model = prepare_model(model.to(device), options, device)
     available = int(features["msa_feat"].shape[0])
+    # offload: the batches wait on the host (pinned on CUDA) until their recycle
+    staging = torch.device("cpu") if options.offload else device
     batches = [
-        to_device(recycle_batch(features, r), device)
+        to_device(recycle_batch(features, r), staging)
         for r in range(min(available, options.num_recycle + 1))
     ]
+    if options.offload:
+        batches = [to_host(batch) for batch in batches]
     timings["to_device"] = time.perf_counter() - started
+    plan = make_plan(options, model.config, batches[0], device, free_bytes)
+    if options.auto_chunk:  # a fact of this run's free memory, like the timings
+        timings["auto_chunk_size"] = float(plan.chunk_size or 0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     blocks = model.config.evoformer_num_block
@@ -127,6 +150,7 @@ def predict(
         options,
         on_recycle=on_recycle,
         on_block=lambda _index: progress.update(),
+        plan=plan,
     )
     timings["inference"] = sum(recycle_times)
     for index, seconds in enumerate(recycle_times):
@@ -139,6 +163,7 @@ def predict(
         "atom_mask": out["structure_module"]["final_atom_mask"].float().cpu().numpy(),
         "plddt": out["plddt"].float().cpu().numpy(),
         "mean_plddt": float(out["mean_plddt"]),
+        "recycles_run": int(out["recycles"]),
         "timings": timings,
         "peak_memory": memory,
     }
@@ -179,6 +204,7 @@ def run_model(
         peak_memory=result["peak_memory"],
         extra={
             "num_recycle": options.num_recycle,
+            "recycles_run": result["recycles_run"],
             "evoformer_blocks": model.config.evoformer_num_block,
             "device": str(device),
             "msa_clusters": int(features["msa_feat"].shape[1]),

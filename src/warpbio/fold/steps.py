@@ -84,7 +84,6 @@ def predict_step(ctx) -> dict:
     """Features -> one model's structure: PDB, mmCIF and JSON scores."""
     import torch
 
-    from warpbio.fold.config import InferenceOptions
     from warpbio.fold.features import load_features
     from warpbio.fold.inference import WeightsSpec, run_model
     from warpbio.fold.outputs import to_json, to_mmcif, to_pdb, to_timings_json
@@ -95,10 +94,7 @@ def predict_step(ctx) -> dict:
     spec = WeightsSpec(
         folder=weights["folder"], random_depth=int(weights["random_depth"]), seed=int(ctx.seed)
     )
-    options = InferenceOptions(
-        num_recycle=int(settings["num_recycle"]),
-        chunk_size=int(settings["chunk_size"]) or None,
-    )
+    options = inference_options(settings)
     if ctx.backend == "gpu":
         device = torch.device("cuda")
     else:
@@ -132,7 +128,41 @@ def predict_step(ctx) -> dict:
         "ptm": prediction.ptm,
         "timings_s": prediction.timings,
         "peak_memory_mb": prediction.peak_memory,
+        "inference": {
+            **{name: getattr(options, name) for name in INFERENCE_SWITCHES},
+            "recycles_run": prediction.extra["recycles_run"],
+        },
     }
+
+
+INFERENCE_SWITCHES = (
+    "num_recycle",
+    "chunk_size",
+    "auto_chunk",
+    "precision",
+    "attention",
+    "fused",
+    "inplace",
+    "early_stop_tolerance",
+    "offload",
+)
+
+
+def inference_options(settings: dict):
+    """InferenceOptions from the rule's ``params.inference`` (schema-filled)."""
+    from warpbio.fold.config import InferenceOptions
+
+    return InferenceOptions(
+        num_recycle=int(settings["num_recycle"]),
+        chunk_size=int(settings.get("chunk_size", 0)) or None,
+        auto_chunk=bool(settings.get("auto_chunk", False)),
+        precision=str(settings.get("precision", "float32")),
+        attention=str(settings.get("attention", "reference")),
+        fused=bool(settings.get("fused", False)),
+        inplace=bool(settings.get("inplace", False)),
+        early_stop_tolerance=float(settings.get("early_stop_tolerance", 0.0)),
+        offload=bool(settings.get("offload", False)),
+    )
 
 
 def relax_step(ctx) -> dict:

@@ -7,6 +7,7 @@ official npz files by name.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 
 import torch
@@ -25,8 +26,11 @@ from warpbio.fold.model.heads import (
     predicted_aligned_error,
     predicted_tm_score,
 )
+from warpbio.fold.model.plan import REFERENCE, Plan, make_plan
 from warpbio.fold.model.primitives import Linear
 from warpbio.fold.model.structure import StructureModule
+
+log = logging.getLogger(__name__)
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -46,17 +50,20 @@ class EmbeddingsAndEvoformer(Embedder):
         )
         self.single_activations = Linear(config.msa_channel, config.seq_channel)
 
-    def forward(self, batch: Batch, prev: Batch, chunk_size=None, on_block=None):
+    def forward(self, batch: Batch, prev: Batch, plan: Plan = REFERENCE, on_block=None):
         msa, pair = self.input_embedding(batch, prev)
         seq_mask = batch["seq_mask"]
         pair_mask = seq_mask[:, None] * seq_mask[None, :]
         extra = self.extra_msa_embedding(batch)
-        for block in self.extra_msa_stack:
-            extra, pair = block(extra, pair, batch["extra_msa_mask"], pair_mask, chunk_size)
-        for index, block in enumerate(self.evoformer_iteration):
-            msa, pair = block(msa, pair, batch["msa_mask"], pair_mask, chunk_size)
-            if on_block is not None:
-                on_block(index)
+        # autocast covers the two stacks only; msa and pair stay float32
+        with plan.autocast(pair.device.type):
+            for block in self.extra_msa_stack:
+                extra, pair = block(extra, pair, batch["extra_msa_mask"], pair_mask, plan)
+            del extra
+            for index, block in enumerate(self.evoformer_iteration):
+                msa, pair = block(msa, pair, batch["msa_mask"], pair_mask, plan)
+                if on_block is not None:
+                    on_block(index)
         return {
             "single": self.single_activations(msa[0]),
             "pair": pair,
@@ -80,8 +87,8 @@ class AlphaFoldIteration(nn.Module):
         if config.ptm:
             self.predicted_aligned_error_head = PredictedAlignedErrorHead(config)
 
-    def forward(self, batch: Batch, prev: Batch, chunk_size=None, on_block=None):
-        reps = self.evoformer(batch, prev, chunk_size, on_block)
+    def forward(self, batch: Batch, prev: Batch, plan: Plan = REFERENCE, on_block=None):
+        reps = self.evoformer(batch, prev, plan, on_block)
         structure = self.structure_module(
             reps["single"], reps["pair"], batch["seq_mask"], batch["aatype"].long()
         )
@@ -123,10 +130,12 @@ class AlphaFold(nn.Module):
             "prev_pair": torch.zeros(num_res, num_res, cfg.pair_channel, **zeros),
         }
 
-    def forward(self, batch: Batch, prev: Batch | None = None, chunk_size=None, on_block=None):
+    def forward(
+        self, batch: Batch, prev: Batch | None = None, plan: Plan = REFERENCE, on_block=None
+    ):
         if prev is None:
             prev = self.initial_prev(batch["aatype"].shape[0], batch["msa_feat"])
-        out = self.alphafold_iteration(batch, prev, chunk_size, on_block)
+        out = self.alphafold_iteration(batch, prev, plan, on_block)
         out["prev"] = {
             "prev_pos": out["structure_module"]["final_atom_positions"],
             "prev_msa_first_row": out["representations"]["msa_first_row"],
@@ -142,18 +151,71 @@ class AlphaFold(nn.Module):
         options: InferenceOptions | None = None,
         on_recycle: Callable[[int, dict], None] | None = None,
         on_block: Callable[[int], None] | None = None,
+        plan: Plan | None = None,
     ) -> dict:
-        """Run ``options.num_recycle + 1`` iterations; ``batch_of_recycle(r)`` gives
-        the features of iteration r (AF2 resamples the MSA at every recycle)."""
+        """Run up to ``options.num_recycle + 1`` iterations; ``batch_of_recycle(r)``
+        gives the features of iteration r (AF2 resamples the MSA at every recycle).
+
+        ``plan`` defaults to the options' plan for the first batch. With
+        ``early_stop_tolerance`` recycling stops once the CA atoms move less than
+        that RMS (A); with ``offload`` the recycled tensors wait on the host and
+        each batch goes to the device when its iteration runs. ``out["recycles"]``
+        is the number of recycles that ran."""
         options = options or InferenceOptions()
+        device = next(self.parameters()).device
         prev = None
         out: dict = {}
         for r in range(options.num_recycle + 1):
-            out = self(batch_of_recycle(r), prev, options.chunk_size, on_block)
+            batch = batch_of_recycle(r)
+            if options.offload:
+                batch = to_device(batch, device)
+                prev = None if prev is None else to_device(prev, device)
+            if plan is None:
+                plan = make_plan(options, self.config, batch, device)
+            previous_ca = None if prev is None else prev["prev_pos"][:, CA]
+            out = {}  # the last iteration's outputs are not needed during this one
+            out = self(batch, prev, plan, on_block)
             prev = out["prev"]
+            out["recycles"] = r
             if on_recycle is not None:
                 on_recycle(r, out)
+            if previous_ca is not None and options.early_stop_tolerance > 0:
+                change = ca_rms_change(prev["prev_pos"][:, CA], previous_ca, batch["seq_mask"])
+                out["ca_change"] = change
+                if change < options.early_stop_tolerance:
+                    log.info("recycle %d: CA moved %.3g A RMS, stopping early", r, change)
+                    break
+            if options.offload and r < options.num_recycle:
+                prev = to_host(prev)
+                out = batch = {}  # drop this iteration's device tensors, then the cache
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
         return out
+
+
+CA = 1  # atom37 index of the C-alpha
+
+
+def ca_rms_change(new_ca: torch.Tensor, old_ca: torch.Tensor, seq_mask: torch.Tensor) -> float:
+    """RMS displacement (A) of the C-alpha atoms [N, 3] over the unmasked residues."""
+    moved = ((new_ca - old_ca) ** 2).sum(-1)
+    return float(torch.sqrt((moved * seq_mask).sum() / seq_mask.sum().clamp(min=1)))
+
+
+def to_host(tensors: Batch) -> dict[str, torch.Tensor]:
+    """Host copies, pinned when CUDA is there (fast, asynchronous copies back)."""
+    pin = torch.cuda.is_available()
+    host = {}
+    for key, value in tensors.items():
+        if value.device.type == "cpu" and not pin:
+            host[key] = value
+        else:
+            host[key] = torch.empty_like(value, device="cpu", pin_memory=pin).copy_(value)
+    return host
+
+
+def to_device(tensors: Batch, device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device, non_blocking=True) for key, value in tensors.items()}
 
 
 def confidence(out: Mapping, seq_mask: torch.Tensor) -> dict[str, torch.Tensor]:

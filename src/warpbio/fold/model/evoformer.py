@@ -1,8 +1,11 @@
 """Evoformer and extra-MSA stack blocks (Jumper et al. 2021, Suppl. 1.6-1.7).
 
 Each sub-module returns the *update*; :class:`EvoformerIteration` adds it to
-its input (inference: no dropout). Modules and parameters carry the official
-Haiku names, see :mod:`warpbio.fold.model.primitives`.
+its input (inference: no dropout). Every forward takes the run's
+:class:`~warpbio.fold.model.plan.Plan` (chunking, attention kernel, fused
+projections, in-place updates); the default is the reference arithmetic.
+Modules and parameters carry the official Haiku names, see
+:mod:`warpbio.fold.model.primitives`.
 """
 
 from __future__ import annotations
@@ -11,14 +14,27 @@ import torch
 from torch import nn
 
 from warpbio.fold.config import ModelConfig
+from warpbio.fold.model import kernels
+from warpbio.fold.model.chunking import chunked
+from warpbio.fold.model.plan import REFERENCE, Plan
 from warpbio.fold.model.primitives import (
     Attention,
     GlobalAttention,
     LayerNorm,
     Linear,
-    chunked,
+    concatenated,
     mask_bias,
 )
+
+
+def self_attention(attention: Attention, plan: Plan):
+    """Row-wise self-attention of ``attention`` (one tensor as queries and keys, so
+    the fused path can project it once), for :func:`chunked`."""
+
+    def rows(act, bias, nonbatched_bias=None):
+        return attention(act, act, bias, nonbatched_bias, plan)
+
+    return rows
 
 
 class MsaRowAttentionWithPairBias(nn.Module):
@@ -33,11 +49,12 @@ class MsaRowAttentionWithPairBias(nn.Module):
         )
         self.attention = Attention(msa_channel, msa_channel, msa_channel, num_head)
 
-    def forward(self, msa, msa_mask, pair, chunk_size=None):
+    def forward(self, msa, msa_mask, pair, plan: Plan = REFERENCE):
         bias = mask_bias(msa_mask)
         msa = self.query_norm(msa)
         pair_bias = torch.einsum("qkc,ch->hqk", self.feat_2d_norm(pair), self.feat_2d_weights)
-        return chunked(self.attention, [msa, msa, bias], [pair_bias], chunk_size)
+        rows = self_attention(self.attention, plan)
+        return chunked(rows, [msa, bias], [pair_bias], plan.chunk_size)
 
 
 class MsaColumnAttention(nn.Module):
@@ -48,11 +65,12 @@ class MsaColumnAttention(nn.Module):
         self.query_norm = LayerNorm(msa_channel)
         self.attention = Attention(msa_channel, msa_channel, msa_channel, num_head)
 
-    def forward(self, msa, msa_mask, chunk_size=None):
+    def forward(self, msa, msa_mask, plan: Plan = REFERENCE):
         msa = msa.transpose(0, 1)
         msa_mask = msa_mask.transpose(0, 1)
         msa = self.query_norm(msa)
-        out = chunked(self.attention, [msa, msa, mask_bias(msa_mask)], [], chunk_size)
+        rows = self_attention(self.attention, plan)
+        out = chunked(rows, [msa, mask_bias(msa_mask)], [], plan.chunk_size)
         return out.transpose(0, 1)
 
 
@@ -64,10 +82,14 @@ class MsaColumnGlobalAttention(nn.Module):
         self.query_norm = LayerNorm(msa_channel)
         self.attention = GlobalAttention(msa_channel, msa_channel, msa_channel, num_head)
 
-    def forward(self, msa, msa_mask, chunk_size=None):
+    def forward(self, msa, msa_mask, plan: Plan = REFERENCE):
         msa = self.query_norm(msa.transpose(0, 1))
         mask = msa_mask.transpose(0, 1)
-        out = chunked(self.attention, [msa, msa, mask], [], chunk_size)
+
+        def rows(act, act_mask):
+            return self.attention(act, act, act_mask, plan)
+
+        out = chunked(rows, [msa, mask], [], plan.chunk_size)
         return out.transpose(0, 1)
 
 
@@ -80,11 +102,14 @@ class Transition(nn.Module):
         self.transition1 = Linear(num_channel, num_channel * factor)
         self.transition2 = Linear(num_channel * factor, num_channel)
 
-    def _rows(self, act):
-        return self.transition2(torch.relu(self.transition1(self.input_layer_norm(act))))
+    def forward(self, act, mask=None, plan: Plan = REFERENCE):
+        relu = torch.relu_ if plan.inplace else torch.relu
 
-    def forward(self, act, mask=None, chunk_size=None):
-        return chunked(self._rows, [act], [], chunk_size)
+        def rows(act_rows):
+            hidden = self.transition1(self.input_layer_norm(act_rows))
+            return self.transition2(relu(hidden))
+
+        return chunked(rows, [act], [], plan.chunk_size)
 
 
 class OuterProductMean(nn.Module):
@@ -100,11 +125,19 @@ class OuterProductMean(nn.Module):
         )
         self.output_b = nn.Parameter(torch.zeros(pair_channel))
 
-    def forward(self, msa, msa_mask, chunk_size=None):
+    def _projections(self, act, mask, plan: Plan):
+        if not plan.fused:
+            return mask * self.left_projection(act), mask * self.right_projection(act)
+        left, right = self.left_projection, self.right_projection
+        weights = concatenated(self, "weights", [left.weights, right.weights])
+        biases = concatenated(self, "biases", [left.bias, right.bias])
+        both = mask * (torch.matmul(act, weights) + biases)
+        return both.split(left.weights.shape[1], dim=-1)
+
+    def forward(self, msa, msa_mask, plan: Plan = REFERENCE):
         mask = msa_mask.unsqueeze(-1)
         act = self.layer_norm_input(msa)
-        left = mask * self.left_projection(act)
-        right = mask * self.right_projection(act)
+        left, right = self._projections(act, mask, plan)
         c = left.shape[-1]
         weight = self.output_w.reshape(c * c, -1)
 
@@ -112,8 +145,12 @@ class OuterProductMean(nn.Module):
             outer = torch.einsum("sic,sje->ijce", left_rows, right)
             return outer.reshape(*outer.shape[:2], c * c) @ weight + self.output_b
 
-        act = chunked(rows, [left], [], chunk_size, dim=1, out_dim=0)
-        norm = torch.einsum("sic,sjc->ijc", mask, mask)
+        act = chunked(rows, [left], [], plan.chunk_size, dim=1, out_dim=0)
+        # counts of the pairs of unmasked rows, float32 even under autocast
+        with torch.autocast(msa.device.type, enabled=False):
+            norm = torch.einsum("sic,sjc->ijc", mask.float(), mask.float())
+        if plan.inplace:
+            return act.div_(norm.add_(1e-3))
         return act / (1e-3 + norm)
 
 
@@ -132,7 +169,16 @@ class TriangleMultiplication(nn.Module):
         self.output_projection = Linear(num_intermediate, pair_channel)
         self.gating_linear = Linear(pair_channel, pair_channel)
 
-    def forward(self, pair, pair_mask, chunk_size=None):
+    def forward(self, pair, pair_mask, plan: Plan = REFERENCE):
+        if plan.fused and not plan.chunks(pair.shape[0]):
+            return kernels.triangle_multiplication_fused(self, pair, pair_mask)
+        return self.update(pair, pair_mask, plan)
+
+    def update(self, pair, pair_mask, plan: Plan = REFERENCE):
+        """The update in PyTorch: the reference arithmetic on the default plan; else
+        row-chunked, optionally with the five projections as one GEMM."""
+        if plan.fused or plan.chunks(pair.shape[0]):
+            return self._chunked_update(pair, pair_mask, plan)
         mask = pair_mask.unsqueeze(-1)
         act = self.layer_norm_input(pair)
         left = mask * self.left_projection(act) * torch.sigmoid(self.left_gate(act))
@@ -145,6 +191,70 @@ class TriangleMultiplication(nn.Module):
         out = self.center_layer_norm(prod.permute(1, 2, 0))
         out = self.output_projection(out)
         return out * torch.sigmoid(self.gating_linear(act))
+
+    def _fused_weights(self):
+        layers = (
+            self.left_projection,
+            self.right_projection,
+            self.left_gate,
+            self.right_gate,
+            self.gating_linear,
+        )
+        weights = concatenated(self, "weights", [layer.weights for layer in layers])
+        biases = concatenated(self, "biases", [layer.bias for layer in layers])
+        return weights, biases
+
+    def _gated_rows(self, act_rows, mask_rows, plan: Plan):
+        """Masked, gated left and right projections of some rows, side by side
+        [rows, N, 2c], plus the output gate logits [rows, N, z] when fused."""
+        if not plan.fused:
+            mask = mask_rows.unsqueeze(-1)
+            left = mask * self.left_projection(act_rows) * torch.sigmoid(self.left_gate(act_rows))
+            right = mask * self.right_projection(act_rows)
+            right = right * torch.sigmoid(self.right_gate(act_rows))
+            return torch.cat([left, right], dim=-1)
+        weights, biases = self._fused_weights()
+        c = self.left_projection.weights.shape[1]
+        proj = torch.matmul(act_rows, weights) + biases
+        left, right, left_gate, right_gate, out_gate = proj.split(
+            [c, c, c, c, proj.shape[-1] - 4 * c], dim=-1
+        )
+        return torch.cat(
+            [
+                kernels.sigmoid_gate(left, left_gate, mask_rows),
+                kernels.sigmoid_gate(right, right_gate, mask_rows),
+                out_gate,
+            ],
+            dim=-1,
+        )
+
+    def _chunked_update(self, pair, pair_mask, plan: Plan):
+        """Output rows i in chunks: a row block's products need all of the other
+        operand, which is made once (channel-first) and shared by the blocks."""
+        act = self.layer_norm_input(pair)
+        c = self.left_projection.weights.shape[1]
+
+        def gated(act_rows, mask_rows):
+            return self._gated_rows(act_rows, mask_rows, plan)
+
+        inputs = chunked(gated, [act, pair_mask], [], plan.chunk_size)
+        left, right, out_gate = inputs[..., :c], inputs[..., c : 2 * c], inputs[..., 2 * c :]
+        # prod[i, j] = sum_k rows[i, :, k] * cols[:, k, j] per channel
+        if self.outgoing:  # left[i, k], right[j, k]
+            rows, cols = left.permute(0, 2, 1), right.permute(2, 1, 0).contiguous()
+        else:  # right[k, i], left[k, j]
+            rows, cols = right.permute(1, 2, 0), left.permute(2, 0, 1).contiguous()
+        multiply = torch.Tensor.mul_ if plan.inplace else torch.mul
+
+        def block(row_block, gate_source):
+            prod = torch.matmul(row_block.transpose(0, 1), cols)  # [c, rows, N]
+            out = self.output_projection(self.center_layer_norm(prod.permute(1, 2, 0)))
+            if plan.fused:
+                return kernels.sigmoid_gate(out, gate_source)
+            return multiply(out, torch.sigmoid(self.gating_linear(gate_source)))
+
+        gate_source = out_gate if plan.fused else act
+        return chunked(block, [rows, gate_source], [], plan.chunk_size)
 
 
 class TriangleAttention(nn.Module):
@@ -159,13 +269,14 @@ class TriangleAttention(nn.Module):
         )
         self.attention = Attention(pair_channel, pair_channel, pair_channel, num_head)
 
-    def forward(self, pair, pair_mask, chunk_size=None):
+    def forward(self, pair, pair_mask, plan: Plan = REFERENCE):
         if self.per_column:
             pair = pair.transpose(0, 1)
             pair_mask = pair_mask.transpose(0, 1)
         act = self.query_norm(pair)
         pair_bias = torch.einsum("qkc,ch->hqk", act, self.feat_2d_weights)
-        out = chunked(self.attention, [act, act, mask_bias(pair_mask)], [pair_bias], chunk_size)
+        rows = self_attention(self.attention, plan)
+        out = chunked(rows, [act, mask_bias(pair_mask)], [pair_bias], plan.chunk_size)
         return out.transpose(0, 1) if self.per_column else out
 
 
@@ -201,17 +312,20 @@ class EvoformerIteration(nn.Module):
         )
         self.pair_transition = Transition(z, config.transition_factor)
 
-    def forward(self, msa, pair, msa_mask, pair_mask, chunk_size=None):
-        msa = msa + self.msa_row_attention_with_pair_bias(msa, msa_mask, pair, chunk_size)
+    def forward(self, msa, pair, msa_mask, pair_mask, plan: Plan = REFERENCE):
+        # in place: the residual streams are updated without a second full copy;
+        # under autocast they stay float32 and take the low-precision updates
+        add = torch.Tensor.add_ if plan.inplace else torch.add
+        msa = add(msa, self.msa_row_attention_with_pair_bias(msa, msa_mask, pair, plan))
         column = (
             self.msa_column_global_attention if self.is_extra_msa else self.msa_column_attention
         )
-        msa = msa + column(msa, msa_mask, chunk_size)
-        msa = msa + self.msa_transition(msa, msa_mask, chunk_size)
-        pair = pair + self.outer_product_mean(msa, msa_mask, chunk_size)
-        pair = pair + self.triangle_multiplication_outgoing(pair, pair_mask, chunk_size)
-        pair = pair + self.triangle_multiplication_incoming(pair, pair_mask, chunk_size)
-        pair = pair + self.triangle_attention_starting_node(pair, pair_mask, chunk_size)
-        pair = pair + self.triangle_attention_ending_node(pair, pair_mask, chunk_size)
-        pair = pair + self.pair_transition(pair, pair_mask, chunk_size)
+        msa = add(msa, column(msa, msa_mask, plan))
+        msa = add(msa, self.msa_transition(msa, msa_mask, plan))
+        pair = add(pair, self.outer_product_mean(msa, msa_mask, plan))
+        pair = add(pair, self.triangle_multiplication_outgoing(pair, pair_mask, plan))
+        pair = add(pair, self.triangle_multiplication_incoming(pair, pair_mask, plan))
+        pair = add(pair, self.triangle_attention_starting_node(pair, pair_mask, plan))
+        pair = add(pair, self.triangle_attention_ending_node(pair, pair_mask, plan))
+        pair = add(pair, self.pair_transition(pair, pair_mask, plan))
         return msa, pair

@@ -10,11 +10,14 @@ results agree with it to rounding.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as nnf
 from torch import nn
+
+from warpbio.fold.model.kernels import sigmoid_gate
+from warpbio.fold.model.plan import REFERENCE, Plan
 
 # Masked attention logits: bias of 1e9 per masked key, logits clipped to +-1e8
 # (as the reference does), so a fully masked row gets uniform weights, not NaN.
@@ -49,24 +52,22 @@ class LayerNorm(nn.Module):
         return nnf.layer_norm(x, (x.shape[-1],), self.scale, self.offset, self.eps)
 
 
-def chunked(
-    fn: Callable[..., torch.Tensor],
-    batched: Sequence[torch.Tensor],
-    shared: Sequence[torch.Tensor | None] = (),
-    chunk_size: int | None = None,
-    dim: int = 0,
-    out_dim: int | None = None,
-) -> torch.Tensor:
-    """Apply ``fn`` to slices of ``batched`` along ``dim`` (all at once if no chunk);
-    the pieces are joined along ``out_dim`` (default ``dim``)."""
-    size = batched[0].shape[dim]
-    if chunk_size is None or chunk_size >= size:
-        return fn(*batched, *shared)
-    parts = [
-        fn(*(x.narrow(dim, start, min(chunk_size, size - start)) for x in batched), *shared)
-        for start in range(0, size, chunk_size)
-    ]
-    return torch.cat(parts, dim=dim if out_dim is None else out_dim)
+def concatenated(owner: nn.Module, name: str, params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The parameters flattened to [in, -1] (vectors as they are) and joined along
+    the last axis, kept on ``owner`` under ``name`` until one of them is replaced,
+    moved or changed in place (id, data pointer, version counter). Inference
+    only: with autograd on it is rebuilt at every call."""
+
+    def build() -> torch.Tensor:
+        return torch.cat([p.flatten(1) if p.dim() > 1 else p for p in params], dim=-1)
+
+    if torch.is_grad_enabled():
+        return build()
+    key = tuple((id(p), p.data_ptr(), p._version, p.dtype) for p in params)
+    cache = owner.__dict__.setdefault("_concatenated", {})
+    if name not in cache or cache[name][0] != key:
+        cache[name] = (key, build())
+    return cache[name][1]
 
 
 def mask_bias(mask: torch.Tensor) -> torch.Tensor:
@@ -110,20 +111,69 @@ class Attention(nn.Module):
         m_data: torch.Tensor,
         bias: torch.Tensor,
         nonbatched_bias: torch.Tensor | None = None,
+        plan: Plan = REFERENCE,
     ) -> torch.Tensor:
         """q_data [B, Q, c], m_data [B, K, c], bias [B, 1, 1, K], nonbatched_bias [H, Q, K]."""
-        q = torch.einsum("bqa,ahc->bhqc", q_data, self.query_w) * self.key_dim**-0.5
-        k = torch.einsum("bka,ahc->bhkc", m_data, self.key_w)
-        v = torch.einsum("bka,ahc->bhkc", m_data, self.value_w)
-        logits = torch.matmul(q, k.transpose(-1, -2)) + bias
-        if nonbatched_bias is not None:
-            logits = logits + nonbatched_bias.unsqueeze(0)
-        weights = torch.softmax(logits.clamp(-LOGIT_CLIP, LOGIT_CLIP), dim=-1)
-        weighted = torch.matmul(weights, v)  # [B, H, Q, c]
-        if self.gating_w is not None:
+        if plan.fused and q_data is m_data and self.gating_w is not None:
+            q, k, v, gate = self._fused_projections(q_data)
+        else:
+            q = torch.einsum("bqa,ahc->bhqc", q_data, self.query_w)
+            k = torch.einsum("bka,ahc->bhkc", m_data, self.key_w)
+            v = torch.einsum("bka,ahc->bhkc", m_data, self.value_w)
+            gate = None
+        if plan.attention == "sdpa":
+            weighted = self._sdpa(q, k, v, bias, nonbatched_bias)
+        else:
+            q = q * self.key_dim**-0.5
+            weighted = self._reference(q, k, v, bias, nonbatched_bias, plan.inplace)
+        if gate is not None:
+            weighted = sigmoid_gate(weighted, gate)
+        elif self.gating_w is not None:
             gate = torch.einsum("bqc,chv->bhqv", q_data, self.gating_w)
             weighted = weighted * torch.sigmoid(gate + self.gating_b[:, None, :])
         return torch.einsum("bhqc,hco->bqo", weighted, self.output_w) + self.output_b
+
+    @staticmethod
+    def _reference(q, k, v, bias, nonbatched_bias, inplace: bool) -> torch.Tensor:
+        """Softmax attention as the reference computes it: [B, H, Q, c]."""
+        logits = torch.matmul(q, k.transpose(-1, -2))
+        if inplace:  # same sums in the same order, without the extra logits copies
+            logits += bias
+            if nonbatched_bias is not None:
+                logits += nonbatched_bias.unsqueeze(0)
+            weights = torch.softmax(logits.clamp_(-LOGIT_CLIP, LOGIT_CLIP), dim=-1)
+        else:
+            logits = logits + bias
+            if nonbatched_bias is not None:
+                logits = logits + nonbatched_bias.unsqueeze(0)
+            weights = torch.softmax(logits.clamp(-LOGIT_CLIP, LOGIT_CLIP), dim=-1)
+        return torch.matmul(weights, v)
+
+    def _sdpa(self, q, k, v, bias, nonbatched_bias) -> torch.Tensor:
+        """The reference's attention through PyTorch's fused kernel. The float mask
+        (key mask bias + pair bias) has the chunk's size. A row whose keys are all
+        masked gets uniform weights in the reference (logits clipped to -1e8):
+        here its query and mask are zeroed, which gives the same uniform weights."""
+        mask = bias.to(q.dtype)
+        if nonbatched_bias is not None:
+            mask = mask + nonbatched_bias.to(q.dtype).unsqueeze(0)
+        all_masked = bias.amax(dim=-1, keepdim=True) <= -0.5 * MASK_BIAS  # [B, 1, 1, 1]
+        q = q.masked_fill(all_masked, 0.0)
+        if mask is bias:  # not a copy yet: keep the caller's bias intact
+            mask = mask.masked_fill(all_masked, 0.0)
+        else:
+            mask.masked_fill_(all_masked, 0.0)
+        return nnf.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.key_dim**-0.5)
+
+    def _fused_projections(self, x: torch.Tensor):
+        """q, k, v, gate (+ gating bias), each [B, H, Q, c], from one GEMM."""
+        names = ("query_w", "key_w", "value_w", "gating_w")
+        weights = concatenated(self, "qkvg", [getattr(self, n) for n in names])
+        sizes = [getattr(self, n).shape[1] * getattr(self, n).shape[2] for n in names]
+        b, q_len, h = x.shape[0], x.shape[1], self.num_head
+        parts = torch.matmul(x, weights).split(sizes, dim=-1)
+        q, k, v, gate = (p.reshape(b, q_len, h, -1).transpose(1, 2) for p in parts)
+        return q, k, v, gate + self.gating_b[:, None, :]
 
 
 class GlobalAttention(nn.Module):
@@ -144,16 +194,28 @@ class GlobalAttention(nn.Module):
         )
         self.output_b = nn.Parameter(torch.zeros(output_dim))
 
-    def forward(self, q_data: torch.Tensor, m_data: torch.Tensor, q_mask: torch.Tensor):
+    def forward(
+        self,
+        q_data: torch.Tensor,
+        m_data: torch.Tensor,
+        q_mask: torch.Tensor,
+        plan: Plan = REFERENCE,
+    ) -> torch.Tensor:
         """q_data, m_data [B, K, c]; q_mask [B, K]."""
         mask = q_mask.unsqueeze(-1)
         q_avg = (mask * q_data).sum(1) / (mask.sum(1) + 1e-10)
         q = torch.einsum("ba,ahc->bhc", q_avg, self.query_w) * self.key_dim**-0.5
-        k = torch.matmul(m_data, self.key_w)
-        v = torch.matmul(m_data, self.value_w)
+        if plan.fused and q_data is m_data:  # key, value and gating: one GEMM
+            weights = concatenated(self, "kvg", [self.key_w, self.value_w, self.gating_w])
+            sizes = [self.key_w.shape[1], self.value_w.shape[1], self.gating_w[0].numel()]
+            k, v, gate = torch.matmul(m_data, weights).split(sizes, dim=-1)
+            gate = gate.unflatten(-1, self.gating_w.shape[1:])
+        else:
+            k = torch.matmul(m_data, self.key_w)
+            v = torch.matmul(m_data, self.value_w)
+            gate = torch.einsum("bqc,chv->bqhv", q_data, self.gating_w)
         logits = torch.einsum("bhc,bkc->bhk", q, k) + MASK_BIAS * (q_mask[:, None, :] - 1.0)
         weights = torch.softmax(logits.clamp(-LOGIT_CLIP, LOGIT_CLIP), dim=-1)
         weighted = torch.einsum("bhk,bkc->bhc", weights, v)
-        gate = torch.sigmoid(torch.einsum("bqc,chv->bqhv", q_data, self.gating_w) + self.gating_b)
-        weighted = weighted[:, None] * gate
+        weighted = weighted[:, None] * torch.sigmoid(gate + self.gating_b)
         return torch.einsum("bqhc,hco->bqo", weighted, self.output_w) + self.output_b
