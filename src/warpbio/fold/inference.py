@@ -19,6 +19,7 @@ import torch
 from warpbio.fold.config import InferenceOptions, ModelConfig, model_config
 from warpbio.fold.features import recycle_batch
 from warpbio.fold.model.alphafold import AlphaFold, to_host
+from warpbio.fold.model.buckets import bucket_length, compile_model, crop_outputs, pad_batch
 from warpbio.fold.model.plan import make_plan
 from warpbio.fold.outputs import Prediction
 from warpbio.fold.params import WeightsError, load_params, stacked_blocks
@@ -92,18 +93,6 @@ def peak_host_mb() -> float:
     return peak / 1024**2 if sys.platform == "darwin" else peak / 1024
 
 
-def prepare_model(model: AlphaFold, options: InferenceOptions, device: torch.device) -> AlphaFold:
-    """Hook for ``compile`` and ``length_buckets`` (torch.compile of the blocks and
-    padding to length buckets, another branch's work): the model unchanged here."""
-    if options.compile or options.length_buckets:
-        log.warning(
-            "compile=%s, length_buckets=%s: not applied in this build (model runs eagerly)",
-            options.compile,
-            list(options.length_buckets),
-        )
-    return model
-
-
 def predict(
     model: AlphaFold,
     features: dict[str, np.ndarray],
@@ -116,12 +105,15 @@ def predict(
     ``free_bytes`` overrides the measured free memory of ``auto_chunk``."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    model = prepare_model(model.to(device), options, device)
+    model = compile_model(model.to(device), options)
     available = int(features["msa_feat"].shape[0])
+    # length buckets: padded, masked residues, so that one compiled graph serves many targets
+    num_res = int(features["aatype"].shape[0])
+    length = bucket_length(num_res, options.length_buckets)
     # offload: the batches wait on the host (pinned on CUDA) until their recycle
     staging = torch.device("cpu") if options.offload else device
     batches = [
-        to_device(recycle_batch(features, r), staging)
+        pad_batch(to_device(recycle_batch(features, r), staging), length)
         for r in range(min(available, options.num_recycle + 1))
     ]
     if options.offload:
@@ -152,6 +144,7 @@ def predict(
         on_block=lambda _index: progress.update(),
         plan=plan,
     )
+    out = crop_outputs(out, num_res) if length != num_res else out
     timings["inference"] = sum(recycle_times)
     for index, seconds in enumerate(recycle_times):
         timings[f"recycle_{index}"] = seconds

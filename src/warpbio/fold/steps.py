@@ -162,6 +162,8 @@ def inference_options(settings: dict):
         inplace=bool(settings.get("inplace", False)),
         early_stop_tolerance=float(settings.get("early_stop_tolerance", 0.0)),
         offload=bool(settings.get("offload", False)),
+        compile=bool(settings.get("compile", False)),
+        length_buckets=tuple(sorted(int(n) for n in settings.get("length_buckets", ()))),
     )
 
 
