@@ -287,3 +287,18 @@ def fold_model_outputs(wildcards, kind):
         )
         for model in config["fold"]["models"]
     ]
+
+
+def fold_per_target(name):
+    """A file of every fold target (the batch rule's inputs); FOLD_TARGETS is set
+    in fold.smk before any rule calls this."""
+    return [out("fold", f"{target}/{name}") for target in FOLD_TARGETS]
+
+
+def fold_per_model(name):
+    """A file of every target and model, target-major (the batch rule's outputs)."""
+    return [
+        out("fold", f"{target}/{model}/{name}")
+        for target in FOLD_TARGETS
+        for model in config["fold"]["models"]
+    ]
