@@ -278,3 +278,23 @@ def test_gpu_slots_see_only_their_gpu_and_match_the_cpu(tmp_path):
         )  # fmt: skip
         scores = json.loads(Path(job.outputs["json"]).read_text())
         assert np.allclose(scores["plddt"], direct.plddt, atol=0.06)  # + rounding to 0.01
+
+
+def test_batch_step_reads_shapes_and_depth_from_file_headers(tmp_path):
+    torch = pytest.importorskip("torch")
+    from fold.test_cost import random_features
+    from warpbio.fold.batch_step import feature_shape, weights_depth
+    from warpbio.fold.config import ModelConfig
+    from warpbio.fold.features import save_features
+    from warpbio.fold.model.alphafold import AlphaFold
+    from warpbio.fold.params import export_params
+
+    _, features = random_features(30, 6, 10, 2)
+    save_features(tmp_path / "f.npz", features)
+    assert feature_shape("x", tmp_path / "f.npz") == TargetShape("x", 30, 6, 10)
+    torch.manual_seed(0)
+    np.savez(
+        tmp_path / "params_model_1.npz", **export_params(AlphaFold(ModelConfig().with_depth(2)))
+    )
+    assert weights_depth({"folder": str(tmp_path), "random_depth": 4}, "model_1") == 2
+    assert weights_depth({"folder": "", "random_depth": 4}, "model_1") == 4

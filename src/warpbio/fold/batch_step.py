@@ -17,6 +17,7 @@ import os
 import time
 import zipfile
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,7 @@ def predict_batch_step(ctx) -> dict:
     shapes = {n: feature_shape(n, p) for n, p in zip(names, ctx.input.features, strict=True)}
     depth = max(weights_depth(weights, m) for m in models)
     template = Workload.from_options(1, 1, 1, depth, options)
-    targets = [TargetShape(job.name, *_sizes(shapes[job.target])) for job in jobs.values()]
+    targets = [replace(shapes[job.target], name=job.name) for job in jobs.values()]
     plan = plan_targets(
         targets,
         devices,
@@ -204,7 +205,3 @@ def predict_batch_step(ctx) -> dict:
         plan.makespan_s,
     )
     return {"plan": plan.to_dict(), "predictions": results, "longest_prediction_s": measured}
-
-
-def _sizes(shape: TargetShape) -> tuple[int, int, int]:
-    return shape.num_res, shape.msa_clusters, shape.extra_msa
