@@ -37,6 +37,7 @@ CONDA_TO_PIP: dict[str, tuple[str, ...]] = {
     "pytorch": ("torch",),
     "dask-core": ("dask",),
     "cupy": ("cupy-cuda13x", "cupy-cuda12x", "cupy"),
+    "coin-or-cbc": (),  # a conda binary; pip's pulp bundles its own CBC
 }
 
 

@@ -287,3 +287,29 @@ def fold_model_outputs(wildcards, kind):
         )
         for model in config["fold"]["models"]
     ]
+
+
+def fold_per_target(name):
+    """A file of every fold target (the batch rule's inputs); FOLD_TARGETS is set
+    in fold.smk before any rule calls this."""
+    return [out("fold", f"{target}/{name}") for target in FOLD_TARGETS]
+
+
+def fold_per_model(name):
+    """A file of every target and model, target-major (the batch rule's outputs)."""
+    return [
+        out("fold", f"{target}/{model}/{name}")
+        for target in FOLD_TARGETS
+        for model in config["fold"]["models"]
+    ]
+
+
+def fold_inference_params():
+    """params.inference of fold_predict and fold_predict_batch (one meaning for both)."""
+    fold = config["fold"]
+    return {
+        **fold["inference"],
+        "num_recycle": fold["num_recycle"],
+        # the old top-level fold.chunk_size, while inference.chunk_size is 0
+        "chunk_size": fold["inference"]["chunk_size"] or fold["chunk_size"],
+    }

@@ -13,6 +13,10 @@ if FOLD is not None:
 FOLD_TARGETS = FOLD.target_names if FOLD is not None else []
 FOLD_MODELS = list(config["fold"]["models"])
 FOLD_MSA = config["fold"]["msa"]
+# fold.schedule.mode batch: one job predicts every target and model
+# (fold_predict_batch, defined only then); per_target: one fold_predict job each.
+FOLD_SCHEDULE = config["fold"]["schedule"]
+FOLD_BATCH = FOLD_SCHEDULE["mode"] == "batch"
 
 
 rule fold_msa:
@@ -81,6 +85,9 @@ rule fold_predict:
         log_path("fold", "predict", "{dataset}/{target}.{model}"),
     benchmark:
         benchmark_path("fold", "predict", "{dataset}/{target}.{model}")
+    # --group-components fold_predict=N submits N of these as one cluster job
+    group:
+        "fold_predict"
     conda:
         conda_env("fold")
     threads: 2
@@ -89,18 +96,55 @@ rule fold_predict:
         mem_mb=mem_mb(16000),
         runtime=240,
     params:
-        inference={
-            **config["fold"]["inference"],
-            "num_recycle": config["fold"]["num_recycle"],
-            # the old top-level fold.chunk_size, while inference.chunk_size is 0
-            "chunk_size": config["fold"]["inference"]["chunk_size"]
-            or config["fold"]["chunk_size"],
-        },
+        inference=fold_inference_params(),
         weights=config["fold"]["weights"],
         seed=seed("fold"),
         backend=backend("fold"),
     script:
         "../scripts/fold_predict.py"
+
+
+if FOLD_BATCH:
+
+    # the batch job makes fold_predict's files; ruleorder keeps the DAG unambiguous
+    ruleorder: fold_predict_batch > fold_predict
+
+    rule fold_predict_batch:
+        input:
+            fasta=config["fold"]["fasta"],
+            features=fold_per_target("features.npz"),
+        output:
+            pdb=fold_per_model("unrelaxed.pdb"),
+            cif=fold_per_model("unrelaxed.cif"),
+            json=fold_per_model("scores.json"),
+            timings=fold_per_model("timings.json"),
+            records=[
+                out("fold", f"provenance/predict.{target}.{model}.provenance.json")
+                for target in FOLD_TARGETS
+                for model in FOLD_MODELS
+            ],
+            provenance=out("fold", "provenance/predict_batch.provenance.json"),
+        log:
+            log_path("fold", "predict_batch"),
+        benchmark:
+            benchmark_path("fold", "predict_batch")
+        conda:
+            conda_env("fold")
+        threads: FOLD_SCHEDULE["threads"]
+        resources:
+            gpu=gpus("fold", FOLD_SCHEDULE["gpus"]),
+            mem_mb=mem_mb(16000),
+            runtime=1440,
+        params:
+            inference=fold_inference_params(),
+            weights=config["fold"]["weights"],
+            schedule=FOLD_SCHEDULE,
+            targets=FOLD_TARGETS,
+            models=FOLD_MODELS,
+            seed=seed("fold"),
+            backend=backend("fold"),
+        script:
+            "../scripts/fold_predict_batch.py"
 
 
 rule fold_relax:
