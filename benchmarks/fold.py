@@ -63,6 +63,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(1, str(ROOT / "tests"))  # the JAX reference helper: tests/fold/af2_reference.py
 
+from warpbio.fold import features as features_module  # noqa: E402
 from warpbio.fold.config import InferenceOptions  # noqa: E402
 from warpbio.fold.cost import (  # noqa: E402
     GIB,
@@ -114,14 +115,8 @@ def synthetic_features(n: int, clusters: int, extra: int, seed: int) -> dict[str
     }
 
 
-PER_RECYCLE = (
-    "msa_feat",
-    "msa_mask",
-    "extra_msa",
-    "extra_has_deletion",
-    "extra_deletion_value",
-    "extra_msa_mask",
-)
+# the engine's per-recycle features, less the two only the MSA-masking head's loss reads
+PER_RECYCLE = tuple(k for k in features_module.PER_RECYCLE if k not in ("bert_mask", "true_msa"))
 
 
 def ours_features(base: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -100,19 +100,24 @@ def test_unknown_engine_is_refused():
 
 def test_leiden_against_scanpys_default_leidenalg_flavour(brain, brain_graph):
     """scanpy's default flavour is another implementation (leidenalg, directed graph):
-    no seed makes them equal, and on this graph they agree about as well as igraph's
-    Leiden agrees with itself under another seed."""
+    no seed makes them equal. At resolution 1 this graph's partition is loose (leidenalg
+    agrees with itself under another seed at ARI ~0.57), so the bound is relative: ours
+    agrees with leidenalg, over three seeds each, at least as well as leidenalg with itself."""
+    import itertools
     import warnings
 
     import scanpy as sc
 
     adata = brain.copy()
+    theirs = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sc.tl.leiden(adata, key_added="leidenalg", n_iterations=2)
-    ours = clustering.leiden_igraph(brain_graph, 1.0, seed=0)
-    other_seed = clustering.leiden_igraph(brain_graph, 1.0, seed=1)
-    against_leidenalg = adjusted_rand_score(adata.obs["leidenalg"], ours)
-    between_seeds = adjusted_rand_score(ours, other_seed)
-    print(f"ARI vs leidenalg {against_leidenalg:.3f}, vs seed 1 {between_seeds:.3f}")
-    assert against_leidenalg >= 0.7
+        for seed in range(3):
+            sc.tl.leiden(adata, key_added="leidenalg", n_iterations=2, random_state=seed)
+            theirs.append(adata.obs["leidenalg"].to_numpy().copy())
+    ours = [clustering.leiden_igraph(brain_graph, 1.0, seed=seed) for seed in range(3)]
+    across = np.mean([adjusted_rand_score(o, t) for o in ours for t in theirs])
+    within = np.mean([adjusted_rand_score(a, b) for a, b in itertools.combinations(theirs, 2)])
+    print(f"mean ARI ours vs leidenalg {across:.3f}, leidenalg between seeds {within:.3f}")
+    assert across >= within - 0.02
+    assert across >= 0.5

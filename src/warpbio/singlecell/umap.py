@@ -327,7 +327,11 @@ def _component_centres(pca: np.ndarray, component: np.ndarray, n_components: int
         return np.vstack([base, -base])[:n_components]
     from sklearn.manifold import SpectralEmbedding
 
-    centroids = np.stack([pca[component == c].mean(axis=0) for c in range(n_components)])
+    # float64: with float32 input scikit-learn's solver is not repeatable, and far-apart
+    # components (an identity affinity) leave it nothing but its start to go on
+    centroids = np.stack(
+        [pca[component == c].mean(axis=0, dtype=np.float64) for c in range(n_components)]
+    )
     squared = ((centroids[:, None, :] - centroids[None, :, :]) ** 2).sum(-1)
     with warnings.catch_warnings():
         # far-apart components give a disconnected affinity, as in umap-learn
