@@ -68,24 +68,49 @@ def submit(cluster, workdir: Path, *args: str, snakefile: Path = SNAKEFILE, env=
     return output
 
 
+def requested_resources(body: str) -> dict:
+    """Rule block lines (rule name excluded) -> the job's id and what it asked for."""
+    resources = re.search(r"^\s*resources: (.*)$", body, flags=re.M).group(1)
+    values = dict(re.findall(r"(\w+)=([^,\s]+)", resources))
+    threads = re.search(r"^\s*threads: (\d+)$", body, flags=re.M)
+    return {
+        "jobid": re.search(r"^\s*jobid: (\d+)$", body, flags=re.M).group(1),
+        "threads": int(threads.group(1)) if threads else 1,
+        "mem_mb": int(values["mem_mb"]),
+        "runtime": int(values["runtime"]),
+        "gpu": int(values.get("gpu", 0)),
+    }
+
+
 def submitted_jobs(output: str) -> dict[str, dict]:
     """Snakemake's own account of each submission: SLURM job id -> rule, threads,
-    mem_mb, runtime and gpu as Snakemake requested them."""
+    mem_mb, runtime and gpu as Snakemake requested them.
+
+    A job of a rule ``group:`` goes in as a group job (a uuid for an id; its rules
+    printed indented under "Group job NAME"): its record is its one member's. Group
+    jobs are matched to their headers in print order (the console puts a blank line
+    after each header), which is safe here because
+    every group of the demo is one fold_predict job with the same resources.
+    """
     planned = {}
     for rule, body in re.findall(r"^rule (\w+):\n((?:    .*\n)+)", output, flags=re.M):
-        resources = re.search(r"^    resources: (.*)$", body, flags=re.M).group(1)
-        values = dict(re.findall(r"(\w+)=([^,\s]+)", resources))
-        threads = re.search(r"^    threads: (\d+)$", body, flags=re.M)
-        jobid = re.search(r"^    jobid: (\d+)$", body, flags=re.M).group(1)
-        planned[jobid] = {
-            "rule": rule,
-            "threads": int(threads.group(1)) if threads else 1,
-            "mem_mb": int(values["mem_mb"]),
-            "runtime": int(values["runtime"]),
-            "gpu": int(values.get("gpu", 0)),
-        }
-    submissions = re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", output)
-    return {slurm_id: planned[jobid] for jobid, slurm_id in submissions}
+        job = requested_resources(body)
+        planned[job.pop("jobid")] = {"rule": rule, **job}
+    groups = []
+    header = r"^(?:\[[^\]]*\] )?Group job (\w+) \(jobs in lexicogr\. order\):\n((?:(?:    .*)?\n)+)"
+    for _, body in re.findall(header, output, flags=re.M):
+        members = re.findall(r"^    rule (\w+):\n((?:        .*\n)+)", body, flags=re.M)
+        assert len(members) == 1, f"a group job of {len(members)} jobs: {body}"
+        rule, member = members[0]
+        job = requested_resources(member)
+        job.pop("jobid")
+        groups.append({"rule": rule, **job})
+    jobs = {}
+    submitted = r"Job (\S+) has been submitted with SLURM jobid (\d+)"
+    for jobid, slurm_id in re.findall(submitted, output):
+        jobs[slurm_id] = planned[jobid] if jobid.isdigit() else groups.pop(0)
+    assert not groups, f"group jobs never submitted: {groups}"
+    return jobs
 
 
 def minutes(limit: str) -> int:
