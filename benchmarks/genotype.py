@@ -430,6 +430,7 @@ def cpu_out_of_core(args) -> None:
     the block B, so the out-of-core result must equal the in-memory PCA of B with the
     same seed: a check of the result, not only of the run.
     """
+    import logging
     import math
     import resource
     import shutil
@@ -441,6 +442,9 @@ def cpu_out_of_core(args) -> None:
     from warpbio.genotype.stats import count_genotypes
     from warpbio.genotype.store import read_store, write_store
 
+    # progress of each pass, once a minute (a pass over the store takes minutes)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("warpbio.progress").setLevel(logging.INFO)
     folder = Path(args.workdir)
     folder.mkdir(parents=True, exist_ok=True)
     memory = psutil.virtual_memory().total
@@ -455,18 +459,24 @@ def cpu_out_of_core(args) -> None:
             for s in range(0, spec.n_snps, 5000)
         ]
     )
-    # the store is compressed: size it from a trial chunk's compression ratio
     stamp = time.perf_counter()
-    write_store(tiny_bed(block[:65_536], spec, BedFile), folder / "trial.zarr")
-    ratio = zarr_bytes(folder / "trial.zarr") / block[:65_536].nbytes
-    shutil.rmtree(folder / "trial.zarr")
-    copies = math.ceil(args.ooc_factor * memory / (ratio * block.nbytes))
-    ids = [f"copy{c}_snp{i}" for c in range(copies) for i in range(spec.n_snps)]
-    variants = pd.DataFrame(
-        {"chrom": "1", "id": ids, "cm": 0, "pos": np.arange(1, len(ids) + 1), "a1": "A", "a2": "G"}
-    )
-    tiled = BedFile(folder / "tiled", TiledPacked(block, copies), variants, sample_table(spec))
-    write_store(tiled, folder / "tiled.zarr")
+    if args.ooc_keep and (folder / "tiled.zarr").exists():
+        copies = read_store(folder / "tiled.zarr").n_snps // spec.n_snps
+        print(f"reusing {folder / 'tiled.zarr'} ({copies} copies of the block)")
+    else:
+        # the store is compressed: size it from a trial chunk's compression ratio
+        write_store(tiny_bed(block[:65_536], spec, BedFile), folder / "trial.zarr")
+        ratio = zarr_bytes(folder / "trial.zarr") / block[:65_536].nbytes
+        shutil.rmtree(folder / "trial.zarr")
+        copies = math.ceil(args.ooc_factor * memory / (ratio * block.nbytes))
+        ids = [f"copy{c}_snp{i}" for c in range(copies) for i in range(spec.n_snps)]
+        variants = pd.DataFrame(
+            {"chrom": "1", "id": ids, "cm": 0, "pos": np.arange(1, len(ids) + 1),
+             "a1": "A", "a2": "G"}
+        )  # fmt: skip
+        tiled = BedFile(folder / "tiled", TiledPacked(block, copies), variants, sample_table(spec))
+        write_store(tiled, folder / "tiled.zarr")
+        del ids, variants, tiled  # gigabytes of Python strings at tens of millions of SNPs
     prepare_seconds = time.perf_counter() - stamp
     store_bytes = zarr_bytes(folder / "tiled.zarr")
     try:  # start cold: nothing of the store in the page cache
@@ -496,7 +506,8 @@ def cpu_out_of_core(args) -> None:
         for i in range(args.k)
     ]
     error = np.max(np.abs(result.eigenvalues - reference.eigenvalues) / reference.eigenvalues)
-    shutil.rmtree(folder / "tiled.zarr")
+    if not args.ooc_keep:
+        shutil.rmtree(folder / "tiled.zarr")
     print(f"\n== CPU out-of-core PCA, {os.cpu_count()} cores, k={args.k} q={args.q} ==")
     print(f"store on disk        {store_bytes / 1e9:8.1f} GB (memory {memory / 1e9:.1f} GB)")
     print(f"counts + table       {count_seconds:8.1f} s (one read)")
@@ -544,6 +555,9 @@ def main() -> None:
     parser.add_argument("--ooc-block-snps", type=int, default=100_000)
     parser.add_argument("--ooc-factor", type=float, default=1.1, help="store size / memory")
     parser.add_argument("--workdir", default="ooc-work")
+    parser.add_argument(
+        "--ooc-keep", action="store_true", help="keep the store, and reuse one left in --workdir"
+    )
     args = parser.parse_args()
     if args.cpu_vs_plink2:
         cpu_versus_plink2(args)

@@ -23,7 +23,9 @@ def test_store_holds_the_bed_records_unchanged(fileset):
     store = read_store(folder / "g.zarr")
     np.testing.assert_array_equal(store.packed[:], np.asarray(bed.packed))
     assert store.packed.chunks == (500, 38)
+    assert store.n_snps == bed.n_snps and callable(store._variants)  # not read yet
     assert store.variants.equals(bed.variants) and store.samples.equals(bed.samples)
+    assert store.variants is store.variants  # read once
 
 
 def test_pca_from_store_equals_pca_from_bed(fileset):

@@ -106,7 +106,7 @@ class BedFile:
 
     @property
     def n_snps(self) -> int:
-        return len(self.variants)
+        return int(self.packed.shape[0])  # without reading a lazily loaded variant table
 
     @property
     def n_samples(self) -> int:

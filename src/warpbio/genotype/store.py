@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -81,17 +82,40 @@ def read_store(path: str | os.PathLike) -> BedFile:
         ) from error
     if group.attrs.get("format") != FORMAT:
         raise StoreFormatError(f"{path}: format {group.attrs.get('format')!r}, expected {FORMAT!r}")
-    variants = pd.DataFrame({c: group["variants"][c][:] for c in BIM_COLUMNS})
     samples = pd.DataFrame({c: group["samples"][c][:] for c in FAM_COLUMNS})
-    variants["pos"] = variants["pos"].astype(np.int64)
     packed = group["genotypes"]
-    expected = (len(variants), bytes_per_snp(len(samples)))
+    n_variants = int(group["variants"]["id"].shape[0])
+    expected = (n_variants, bytes_per_snp(len(samples)))
     if tuple(packed.shape) != expected or int(group.attrs["n_samples"]) != len(samples):
         raise StoreFormatError(
-            f"{path}: genotypes {tuple(packed.shape)} do not match {len(variants)} variants x "
+            f"{path}: genotypes {tuple(packed.shape)} do not match {n_variants} variants x "
             f"{len(samples)} samples; rebuild the store"
         )
-    return BedFile(path, packed, variants, samples)
+    return StoredFileset(path, packed, partial(_read_variants, group), samples)
+
+
+def _read_variants(group) -> pd.DataFrame:
+    variants = pd.DataFrame({c: group["variants"][c][:] for c in BIM_COLUMNS})
+    variants["pos"] = variants["pos"].astype(np.int64)
+    return variants
+
+
+class StoredFileset(BedFile):
+    """A fileset read from a store: the variant table loads on first use.
+
+    Tens of millions of variants are gigabytes as Python strings, and counting and
+    PCA never look at them (a 51M-variant store ran out of 25 GB with them loaded).
+    """
+
+    @property
+    def variants(self) -> pd.DataFrame:
+        if callable(self._variants):
+            self._variants = self._variants()
+        return self._variants
+
+    @variants.setter
+    def variants(self, value) -> None:
+        self._variants = value
 
 
 def store_step(ctx) -> dict:
