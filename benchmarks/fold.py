@@ -274,6 +274,15 @@ def ours_timed(model, features, options, device, repeats: int) -> dict:
     return min(runs, key=lambda r: r["seconds"])
 
 
+def save_results(results: dict, path) -> Path:
+    """The results JSON, replaced whole (a reader never sees half a file)."""
+    out = Path(path)
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text(json.dumps(results, indent=1, default=float) + "\n")
+    partial.replace(out)
+    return out
+
+
 def accuracy(ca, plddt, ref_ca, ref_plddt) -> dict:
     from warpbio.fold.compare import superposed_rmsd
 
@@ -360,6 +369,11 @@ def section_jax(args, reference, params_dir, rows, results) -> list[Measurement]
                 )
         results.setdefault("jax_vs_ours", []).append(_strip(entry))
         add_jax_rows(rows, entry, precisions, args)
+        agreement = entry["fast_vs_float32"]
+        print(f"[jax] N={n} fast vs float32: CA RMSD {agreement['ca_rmsd_a']:.3f} A, "
+              f"mean pLDDT diff {agreement['mean_plddt_diff']:.3f}")  # fmt: skip
+        # a run cut off at a later length keeps what it measured
+        save_results(results, args.out)
     del model
     free_memory()
     return points
@@ -860,8 +874,7 @@ def main(argv=None) -> None:
             )
     results["total_s"] = time.perf_counter() - started
     table = render(rows)
-    out = Path(args.out)
-    out.write_text(json.dumps(results, indent=1, default=float) + "\n")
+    out = save_results(results, args.out)
     markdown = out.with_suffix(".md")
     markdown.write_text(
         f"# Fold benchmark\n\nCommand: `{results['command']}`\n\nDevice: {facts}\n\n{table}\n"
