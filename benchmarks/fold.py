@@ -276,11 +276,11 @@ def ours_timed(model, features, options, device, repeats: int) -> dict:
 
 def save_results(results: dict, path) -> Path:
     """The results JSON, replaced whole (a reader never sees half a file)."""
-    out = Path(path)
-    partial = out.with_name(out.name + ".partial")
-    partial.write_text(json.dumps(results, indent=1, default=float) + "\n")
-    partial.replace(out)
-    return out
+    from warpbio.io import atomic_write
+
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(results, indent=1, default=float) + "\n")
+    return Path(path)
 
 
 def accuracy(ca, plddt, ref_ca, ref_plddt) -> dict:

@@ -68,43 +68,43 @@ def submit(cluster, workdir: Path, *args: str, snakefile: Path = SNAKEFILE, env=
     return output
 
 
-def requested_resources(body: str) -> dict:
-    """Rule block lines (rule name excluded) -> the job's id and what it asked for."""
-    resources = re.search(r"^\s*resources: (.*)$", body, flags=re.M).group(1)
-    values = dict(re.findall(r"(\w+)=([^,\s]+)", resources))
-    threads = re.search(r"^\s*threads: (\d+)$", body, flags=re.M)
-    return {
-        "jobid": re.search(r"^\s*jobid: (\d+)$", body, flags=re.M).group(1),
-        "threads": int(threads.group(1)) if threads else 1,
-        "mem_mb": int(values["mem_mb"]),
-        "runtime": int(values["runtime"]),
-        "gpu": int(values.get("gpu", 0)),
-    }
+def rule_blocks(text: str, indent: str = "") -> list[tuple[str, dict]]:
+    """(Snakemake job id, request) of each rule block printed at ``indent``: the rule,
+    threads, mem_mb, runtime and gpu as Snakemake asked for them."""
+    blocks = []
+    pattern = rf"^{indent}rule (\w+):\n((?:{indent}    .*\n)+)"
+    for rule, body in re.findall(pattern, text, flags=re.M):
+        resources = re.search(r"^\s*resources: (.*)$", body, flags=re.M).group(1)
+        values = dict(re.findall(r"(\w+)=([^,\s]+)", resources))
+        threads = re.search(r"^\s*threads: (\d+)$", body, flags=re.M)
+        jobid = re.search(r"^\s*jobid: (\d+)$", body, flags=re.M).group(1)
+        request = {
+            "rule": rule,
+            "threads": int(threads.group(1)) if threads else 1,
+            "mem_mb": int(values["mem_mb"]),
+            "runtime": int(values["runtime"]),
+            "gpu": int(values.get("gpu", 0)),
+        }
+        blocks.append((jobid, request))
+    return blocks
 
 
 def submitted_jobs(output: str) -> dict[str, dict]:
-    """Snakemake's own account of each submission: SLURM job id -> rule, threads,
-    mem_mb, runtime and gpu as Snakemake requested them.
+    """Snakemake's own account of each submission: SLURM job id -> its request.
 
     A job of a rule ``group:`` goes in as a group job (a uuid for an id; its rules
-    printed indented under "Group job NAME"): its record is its one member's. Group
-    jobs are matched to their headers in print order (the console puts a blank line
-    after each header), which is safe here because
-    every group of the demo is one fold_predict job with the same resources.
+    printed indented under "Group job NAME", after a blank line on the console): its
+    request is its one member's. Group jobs are matched to their headers in print
+    order, which is safe here because every group of the demo is one fold_predict job
+    with the same resources.
     """
-    planned = {}
-    for rule, body in re.findall(r"^rule (\w+):\n((?:    .*\n)+)", output, flags=re.M):
-        job = requested_resources(body)
-        planned[job.pop("jobid")] = {"rule": rule, **job}
+    planned = dict(rule_blocks(output))
     groups = []
     header = r"^(?:\[[^\]]*\] )?Group job (\w+) \(jobs in lexicogr\. order\):\n((?:(?:    .*)?\n)+)"
     for _, body in re.findall(header, output, flags=re.M):
-        members = re.findall(r"^    rule (\w+):\n((?:        .*\n)+)", body, flags=re.M)
+        members = rule_blocks(body, indent="    ")
         assert len(members) == 1, f"a group job of {len(members)} jobs: {body}"
-        rule, member = members[0]
-        job = requested_resources(member)
-        job.pop("jobid")
-        groups.append({"rule": rule, **job})
+        groups.append(members[0][1])
     jobs = {}
     submitted = r"Job (\S+) has been submitted with SLURM jobid (\d+)"
     for jobid, slurm_id in re.findall(submitted, output):
