@@ -268,7 +268,9 @@ def ours_run(model, features, options, device) -> dict:
     }
 
 
-def ours_timed(model, features, options, device, repeats: int) -> dict:
+def ours_timed(model, features, options, device, repeats: int, warm: bool = True) -> dict:
+    if not warm:  # one cold run (a reference for accuracy, its time flagged)
+        return {**ours_run(model, features, options, device), "note": "cold run"}
     ours_run(model, features, options, device)  # warm-up: kernels, allocator, autotune
     runs = [ours_run(model, features, options, device) for _ in range(repeats)]
     return min(runs, key=lambda r: r["seconds"])
@@ -315,7 +317,7 @@ def section_jax(args, reference, params_dir, rows, results) -> list[Measurement]
     model, _ = build_model(MODEL, WeightsSpec(folder=str(params_dir)))
     load_s = time.perf_counter() - started
     precisions = ["bfloat16", "float32"] if args.jax_precision == "both" else [args.jax_precision]
-    fast = InferenceOptions.fast(num_recycle=args.recycles)
+    fast = fast_options(args, num_recycle=args.recycles)
     plain = InferenceOptions(num_recycle=args.recycles)
     points = []
     for n in args.lengths:
@@ -323,8 +325,9 @@ def section_jax(args, reference, params_dir, rows, results) -> list[Measurement]
         features = ours_features(base)
         entry = {"num_res": n}
         for name, options in (("float32", plain), ("fast", fast)):
+            warm = name == "fast" or not args.float32_cold
             try:
-                run = ours_timed(model, features, options, device, args.repeats)
+                run = ours_timed(model, features, options, device, args.repeats, warm)
             except Exception as error:  # an OOM of a GPU library, by name
                 if not (is_oom(error) and name == "float32"):
                     raise
@@ -488,11 +491,9 @@ def section_memory(args, params_dir, calibration, rows, results) -> list[Measure
     lengths = [n for n in args.memory_lengths if n <= args.max_length]
     context = multiprocessing.get_context("spawn")
     variants = {
-        "fast, no chunking": InferenceOptions.fast(
-            num_recycle=args.memory_recycles, auto_chunk=False
-        ),
-        f"fast, chunk {args.memory_chunk}": InferenceOptions.fast(
-            num_recycle=args.memory_recycles, auto_chunk=False, chunk_size=args.memory_chunk
+        "fast, no chunking": fast_options(args, num_recycle=args.memory_recycles, auto_chunk=False),
+        f"fast, chunk {args.memory_chunk}": fast_options(
+            args, num_recycle=args.memory_recycles, auto_chunk=False, chunk_size=args.memory_chunk
         ),
     }
     points, table = [], []
@@ -719,6 +720,16 @@ def parse_args(argv=None):
     p.add_argument("--blocks", type=int, default=48)
     p.add_argument("--recycles", type=int, default=3)
     p.add_argument("--repeats", type=int, default=1, help="warm runs of ours (min taken)")
+    p.add_argument(
+        "--fast-options",
+        default="",
+        help="changes to InferenceOptions.fast(), e.g. compile=true,attention=flash",
+    )
+    p.add_argument(
+        "--float32-cold",
+        action="store_true",
+        help="run the float32 path once without a warm-up (accuracy reference; time flagged)",
+    )
     p.add_argument("--jax-precision", choices=["bfloat16", "float32", "both"], default="bfloat16")
     p.add_argument("--oom-chunk", type=int, default=64)
     p.add_argument("--max-length", type=int, default=4000)
@@ -767,10 +778,25 @@ def fit_calibration(time_points, memory_points, start, kind, facts) -> Calibrati
     return fitted
 
 
-def options_named(name: str, recycles: int) -> InferenceOptions:
+def options_named(name: str, recycles: int, args=None) -> InferenceOptions:
     if name == "fast":
-        return InferenceOptions.fast(num_recycle=recycles)
+        return fast_options(args, num_recycle=recycles)
     return InferenceOptions(num_recycle=recycles)
+
+
+def fast_options(args, **changes) -> InferenceOptions:
+    """``InferenceOptions.fast()`` with ``--fast-options`` (key=value, ...) applied."""
+    overrides = {}
+    for item in filter(None, (getattr(args, "fast_options", "") or "").split(",")):
+        key, _, value = item.partition("=")
+        default = getattr(InferenceOptions(), key)
+        if isinstance(default, bool):
+            overrides[key] = value.lower() in ("1", "true", "yes")
+        elif isinstance(default, tuple):
+            overrides[key] = tuple(int(v) for v in value.split(":") if v)
+        else:
+            overrides[key] = type(default)(value) if default is not None else int(value)
+    return InferenceOptions.fast(**{**overrides, **changes})
 
 
 def main(argv=None) -> None:
@@ -837,7 +863,7 @@ def main(argv=None) -> None:
                     args,
                     devices,
                     params_dir,
-                    options_named(args.mixed_options, args.recycles),
+                    options_named(args.mixed_options, args.recycles, args),
                     "mixed",
                     args.mixed_count,
                     args.jax_subset,
@@ -862,7 +888,7 @@ def main(argv=None) -> None:
                 args,
                 devices,
                 params_dir,
-                options_named(args.cpu_options, args.recycles),
+                options_named(args.cpu_options, args.recycles, args),
                 "cpu",
                 args.cpu_count,
                 args.cpu_jax_subset,

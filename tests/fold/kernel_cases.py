@@ -121,6 +121,37 @@ def check_triangle_multiplication(device, outgoing, n=13, cz=24, ci=20, dtype=to
     assert error <= (1e-5 if dtype == torch.float32 else 2e-2) * max(scale, 1.0), (error, scale)
 
 
+def attention_inputs(device, dtype, batch=3, q_len=37, heads=4, head_dim=32, seed=5):
+    """Views of one projection output as the fused module passes them, a key bias
+    with holes and one fully masked row, a pair bias and gate logits."""
+    generator = torch.Generator().manual_seed(seed)
+    proj = torch.randn(batch, q_len, 4 * heads * head_dim, generator=generator)
+    q, k, v, gate = (
+        p.unflatten(-1, (heads, head_dim)) for p in proj.to(device, dtype).chunk(4, -1)
+    )
+    keep = (torch.rand(batch, q_len, generator=generator) > 0.2).float()
+    keep[1] = 0  # a batch row whose keys are all masked: uniform weights
+    key_bias = (1e9 * (keep - 1)).to(device)
+    pair_bias = torch.randn(heads, q_len, q_len, generator=generator).to(device, dtype)
+    gate_bias = torch.randn(heads, head_dim, generator=generator).to(device)
+    return q, k, v, key_bias, pair_bias, gate, gate_bias
+
+
+def check_gated_attention(device, dtype=torch.float32, **shape):
+    """The Triton kernel against its twin, with and without pair bias and gate."""
+    from warpbio.fold.model import attention_kernel
+
+    q, k, v, key_bias, pair_bias, gate, gate_bias = attention_inputs(device, dtype, **shape)
+    scale = q.shape[-1] ** -0.5
+    for bias, g, gb in ((pair_bias, gate, gate_bias), (None, None, None), (pair_bias, gate, None)):
+        args = (q, k, v, key_bias, bias, g, gb, scale)
+        fused, twin = both(attention_kernel.gated_attention, *args)
+        assert fused.shape == q.shape and fused.is_contiguous()
+        # bfloat16: the kernel rounds the softmax weights to bfloat16 before the
+        # product with v (as flash attention does); the twin keeps float32
+        assert_close(fused, twin, dtype, atol=1e-5 if dtype == torch.float32 else 2e-2)
+
+
 # -------- run under the interpreter (see the module docstring) --------
 
 interpreted = pytest.mark.skipif(
@@ -159,3 +190,14 @@ def test_center_layer_norm_interpreted(dtype):
 @pytest.mark.parametrize("outgoing", [True, False])
 def test_triangle_multiplication_interpreted(outgoing, n, dtype):
     check_triangle_multiplication(CPU, outgoing, n=n, dtype=dtype)
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "shape",
+    [dict(), dict(q_len=70, heads=8, head_dim=8), dict(batch=2, q_len=130, heads=2, head_dim=16)],
+    ids=["37x32", "70x8", "130x16"],
+)
+def test_gated_attention_interpreted(dtype, shape):
+    check_gated_attention(CPU, dtype, **shape)

@@ -122,11 +122,12 @@ def test_cpu_constants_scale_with_cores_and_workload_follows_options():
     assert four.compute_seconds(w) == pytest.approx(cpu.compute_seconds(w) / 4)
     options = InferenceOptions.fast(num_recycle=1, chunk_size=16)
     fast = Workload.from_options(300, 512, 1024, 48, options)
-    assert (fast.dtype, fast.attention, fast.inplace, fast.chunk_size) == (
+    assert (fast.dtype, fast.attention, fast.inplace, fast.chunk_size, fast.bf16_streams) == (
         "bfloat16",
-        "sdpa",
+        "flash",
         True,
         16,
+        True,
     )
     assert fast.recycles == 1
 

@@ -125,6 +125,8 @@ FLOAT32_SWITCHES = {
     "chunk 1": dict(chunk_size=1),
     "sdpa": dict(attention="sdpa"),
     "sdpa chunk 7": dict(attention="sdpa", chunk_size=7),
+    "flash": dict(attention="flash"),
+    "flash fused chunk 7": dict(attention="flash", fused=True, chunk_size=7),
     "inplace": dict(inplace=True),
     "fused": dict(fused=True),
     "fused chunk 5": dict(fused=True, chunk_size=5),
@@ -183,8 +185,12 @@ def bfloat16_figures(out, ref, batch, what):
 
 @pytest.mark.parametrize(
     "options",
-    [dict(precision="bfloat16"), dict(InferenceOptions.fast().__dict__)],
-    ids=["bfloat16", "fast"],
+    [
+        dict(precision="bfloat16"),
+        dict(precision="bfloat16", bf16_streams=True),
+        dict(InferenceOptions.fast().__dict__),
+    ],
+    ids=["bfloat16", "bf16-streams", "fast"],
 )
 def test_bfloat16_stacks_close_to_float32(options):
     """32 residues, one recycle. The stacks' bf16 rounding is ~0.4% per module;
@@ -301,6 +307,7 @@ PLANS = {
     "chunk 4": Plan(chunk_size=4),
     "sdpa": Plan(attention="sdpa"),
     "sdpa chunk 4": Plan(attention="sdpa", chunk_size=4),
+    "flash fused chunk 3": Plan(attention="flash", fused=True, chunk_size=3),
     "fused": Plan(fused=True),
     "fused chunk 3": Plan(fused=True, chunk_size=3),
     "inplace chunk 4": Plan(inplace=True, chunk_size=4),
@@ -346,6 +353,21 @@ def test_sdpa_matches_reference_attention(pair_bias, chunk_size):
     assert relative(out, reference) <= 1e-5
     # the fully masked row: the mean of the values, as the reference's uniform weights
     assert relative(out[1], reference[1]) <= 1e-5
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["einsum", "fused"])
+@pytest.mark.parametrize("pair_bias", [True, False], ids=["pair bias", "no pair bias"])
+@torch.no_grad()
+def test_flash_matches_reference_attention(pair_bias, fused):
+    """attention="flash" (the gated-attention kernel's twin on the CPU; the Triton
+    kernel itself is compared with the twin in test_kernels.py)."""
+    attention = randomized(Attention(16, 16, 16, 4))
+    x, bias, nonbatched = attention_inputs()
+    nonbatched = nonbatched if pair_bias else None
+    reference = attention(x, x, bias, nonbatched, Plan())
+    out = attention(x, x, bias, nonbatched, Plan(attention="flash", fused=fused))
+    assert relative(out, reference) <= 1e-5
+    assert relative(out[1], reference[1]) <= 1e-5  # the fully masked row
 
 
 @torch.no_grad()
@@ -419,10 +441,11 @@ def test_plan_from_options(batch):
     plan = make_plan(InferenceOptions.fast(), config, batch, cpu, free_bytes=2**40)
     assert plan == Plan(
         chunk_size=None,
-        attention="sdpa",
+        attention="flash",
         fused=True,
         inplace=True,
         autocast_dtype=torch.bfloat16,
+        stream_dtype=torch.bfloat16,
     )
     assert make_plan(InferenceOptions(chunk_size=6), config, batch, cpu).chunk_size == 6
 
@@ -486,7 +509,8 @@ def test_workflow_settings_build_the_options():
                 "chunk_size": 64,
                 "auto_chunk": True,
                 "precision": "bfloat16",
-                "attention": "sdpa",
+                "bf16_streams": True,
+                "attention": "flash",
                 "fused": True,
                 "inplace": True,
                 "early_stop_tolerance": 0.5,

@@ -145,7 +145,7 @@ def test_triton_kernels_match_twins_under_interpreter():
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert "16 passed" in output and "skipped" not in output, output
+    assert "22 passed" in output and "skipped" not in output, output
 
 
 # -------- native Triton on a GPU --------
@@ -164,4 +164,6 @@ def test_cuda_kernels_match_twins(dtype, outgoing, n):
     kernel_cases.check_gated_projections(cuda, dtype, n=n)
     kernel_cases.check_center_layer_norm(cuda, dtype, n=n)
     kernel_cases.check_triangle_multiplication(cuda, outgoing, n=n, cz=128, ci=128, dtype=dtype)
+    kernel_cases.check_gated_attention(cuda, dtype, q_len=n)
+    kernel_cases.check_gated_attention(cuda, dtype, q_len=n, heads=8, head_dim=8)
     assert kernels.use_triton(torch.zeros(1, device=cuda))

@@ -75,7 +75,7 @@ def model_config(name: str) -> ModelConfig:
 
 
 PRECISIONS = ("float32", "bfloat16")
-ATTENTION_KERNELS = ("reference", "sdpa")
+ATTENTION_KERNELS = ("reference", "sdpa", "flash")
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,14 @@ class InferenceOptions:
       per target from the free device memory instead.
     - ``precision``: ``bfloat16`` autocasts the Evoformer and extra-MSA stacks
       (the structure module, heads and the residual stream stay float32).
+    - ``bf16_streams``: with ``precision="bfloat16"``, the MSA and pair residual
+      streams themselves are bfloat16 inside the two stacks (as the reference's
+      bfloat16 mode keeps them), and layer norms read and write bfloat16
+      (float32 arithmetic inside); halves the bytes of every memory-bound pass.
     - ``attention``: ``sdpa`` runs gated attention with pair bias through
-      PyTorch's fused scaled-dot-product attention (memory-efficient kernel).
+      PyTorch's fused scaled-dot-product attention (memory-efficient kernel);
+      ``flash`` through warpbio's Triton kernel that reads the pair bias tile by
+      tile (no [B, H, Q, K] mask) and applies the gate in its epilogue.
     - ``fused``: concatenated projections and fused gating kernels (Triton on
       CUDA, a PyTorch twin elsewhere).
     - ``inplace``: residual updates in place (no second copy of pair/MSA).
@@ -108,6 +114,7 @@ class InferenceOptions:
     chunk_size: int | None = None
     auto_chunk: bool = False
     precision: str = "float32"
+    bf16_streams: bool = False
     attention: str = "reference"
     fused: bool = False
     inplace: bool = False
@@ -121,6 +128,8 @@ class InferenceOptions:
             raise ValueError(f"precision {self.precision!r}: use one of {PRECISIONS}")
         if self.attention not in ATTENTION_KERNELS:
             raise ValueError(f"attention {self.attention!r}: use one of {ATTENTION_KERNELS}")
+        if self.bf16_streams and self.precision != "bfloat16":
+            raise ValueError('bf16_streams needs precision="bfloat16"')
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"chunk_size {self.chunk_size}: use a positive integer or None")
 
@@ -128,7 +137,12 @@ class InferenceOptions:
     def fast(cls, **changes) -> InferenceOptions:
         """Every optimization that keeps the reference's accuracy."""
         settings = dict(
-            auto_chunk=True, precision="bfloat16", attention="sdpa", fused=True, inplace=True
+            auto_chunk=True,
+            precision="bfloat16",
+            bf16_streams=True,
+            attention="flash",
+            fused=True,
+            inplace=True,
         )
         settings.update(changes)
         return cls(**settings)

@@ -51,8 +51,9 @@ class Workload:
     recycles: int = 3
     chunk_size: int | None = None
     dtype: str = "float32"
-    attention: str = "reference"  # "sdpa": fused kernel, no logits tensor kept
+    attention: str = "reference"  # "sdpa"/"flash": fused kernels, fewer logits kept
     inplace: bool = False  # residual updates in place (no second pair copy)
+    bf16_streams: bool = False  # pair/MSA residual streams in bfloat16 inside the stacks
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPE_BYTES:
@@ -85,6 +86,7 @@ class Workload:
             dtype=options.precision,
             attention=options.attention,
             inplace=options.inplace,
+            bf16_streams=options.bf16_streams,
         )
 
 
@@ -227,9 +229,12 @@ def live_tensor_bytes(workload: Workload, config: ModelConfig | None = None) -> 
     n, s, e = workload.num_res, workload.msa_clusters, workload.extra_msa
     c, ce, z = cfg.msa_channel, cfg.extra_msa_channel, cfg.pair_channel
     t, o, f = cfg.triangle_multiplication_channel, cfg.outer_product_channel, cfg.transition_factor
-    a, w = DTYPE_BYTES[workload.dtype], 4  # module internals, residual stream (float32)
+    a, w = DTYPE_BYTES[workload.dtype], 4  # module internals, float32 tensors
+    r = 2 if workload.bf16_streams else w  # the stacks' residual streams
     n2 = float(n) * n
-    logit_copies = 1 if workload.attention == "sdpa" else 3  # logits, clamped, softmax
+    # logits, clamped, softmax on the reference path; SDPA's float mask; none with
+    # the flash kernel on a GPU (its CPU twin makes them: CPU memory is not planned)
+    logit_copies = {"sdpa": 1, "flash": 0}.get(workload.attention, 3)
 
     def rows(dimension: int) -> int:
         return min(workload.chunk_size or dimension, dimension)
@@ -262,10 +267,10 @@ def live_tensor_bytes(workload: Workload, config: ModelConfig | None = None) -> 
     return {
         "parameters": parameter_count(cfg, workload.blocks) * (w + (a if a < w else 0)),
         "features": float(features),
-        "pair": n2 * z * w * (1 + residual_copies),
+        "pair": n2 * z * r * (1 + residual_copies),
         "recycled_pair": n2 * z * w,
-        "msa": float(s) * n * c * w * 2,  # MSA and the previous iteration's representation
-        "extra_msa": float(e) * n * ce * w,
+        "msa": float(s) * n * c * r * 2,  # MSA and the previous iteration's representation
+        "extra_msa": float(e) * n * ce * r,
         "previous_outputs": n2 * (cfg.distogram_num_bins + cfg.pae_num_bins) * w
         + float(s) * n * cfg.masked_msa_num_output * w,
         f"transient:{largest}": transients[largest],

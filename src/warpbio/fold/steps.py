@@ -157,6 +157,7 @@ def inference_options(settings: dict):
         chunk_size=int(settings.get("chunk_size", 0)) or None,
         auto_chunk=bool(settings.get("auto_chunk", False)),
         precision=str(settings.get("precision", "float32")),
+        bf16_streams=bool(settings.get("bf16_streams", False)),
         attention=str(settings.get("attention", "reference")),
         fused=bool(settings.get("fused", False)),
         inplace=bool(settings.get("inplace", False)),

@@ -55,7 +55,9 @@ class EmbeddingsAndEvoformer(Embedder):
         seq_mask = batch["seq_mask"]
         pair_mask = seq_mask[:, None] * seq_mask[None, :]
         extra = self.extra_msa_embedding(batch)
-        # autocast covers the two stacks only; msa and pair stay float32
+        if plan.stream_dtype is not None:  # the stacks' residual streams in low precision
+            msa, pair, extra = (t.to(plan.stream_dtype) for t in (msa, pair, extra))
+        # autocast covers the two stacks only; the structure module gets float32
         with plan.autocast(pair.device.type):
             for block in self.extra_msa_stack:
                 extra, pair = block(extra, pair, batch["extra_msa_mask"], pair_mask, plan)
@@ -64,6 +66,7 @@ class EmbeddingsAndEvoformer(Embedder):
                 msa, pair = block(msa, pair, batch["msa_mask"], pair_mask, plan)
                 if on_block is not None:
                     on_block(index)
+        msa, pair = msa.float(), pair.float()
         return {
             "single": self.single_activations(msa[0]),
             "pair": pair,

@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 # intermediates may take (the rest is allocator slack and short-lived copies).
 FREE_FRACTION = 0.5
 # Live copies of the attention logits per chunk: logits, clipped logits and
-# weights on the reference path; the float mask and the kernel's work with SDPA.
-LOGIT_COPIES = {"reference": 3, "sdpa": 2}
+# weights on the reference path; the float mask and the kernel's work with SDPA;
+# none with the flash kernel on CUDA, but its CPU twin makes the logits (one counted).
+LOGIT_COPIES = {"reference": 3, "sdpa": 2, "flash": 1}
 # Full-size pair / MSA tensors alive at once inside one block (residual stream,
 # normalized input, projections, update): a rough upper count.
 PAIR_COPIES, MSA_COPIES = 8, 6

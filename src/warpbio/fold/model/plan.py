@@ -29,6 +29,7 @@ class Plan:
     fused: bool = False
     inplace: bool = False
     autocast_dtype: torch.dtype | None = None  # None: float32 throughout
+    stream_dtype: torch.dtype | None = None  # the stacks' residual streams; None: float32
 
     def chunks(self, size: int) -> bool:
         """Whether an axis of this size is cut into chunks."""
@@ -73,4 +74,5 @@ def make_plan(
         fused=options.fused,
         inplace=options.inplace,
         autocast_dtype=dtype,
+        stream_dtype=dtype if options.bf16_streams else None,
     )

@@ -16,13 +16,11 @@ import torch
 import torch.nn.functional as nnf
 from torch import nn
 
+from warpbio.fold.model.attention_kernel import LOGIT_CLIP, MASK_BIAS, gated_attention
 from warpbio.fold.model.kernels import sigmoid_gate
 from warpbio.fold.model.plan import REFERENCE, Plan
 
-# Masked attention logits: bias of 1e9 per masked key, logits clipped to +-1e8
-# (as the reference does), so a fully masked row gets uniform weights, not NaN.
-MASK_BIAS = 1e9
-LOGIT_CLIP = 1e8
+__all__ = ["LOGIT_CLIP", "MASK_BIAS"]  # re-exported: the mask constants live with the kernel
 
 
 class Linear(nn.Module):
@@ -49,6 +47,12 @@ class LayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 and torch.is_autocast_enabled(x.device.type):
+            # autocast would upcast a low-precision input and write float32; the
+            # kernel already computes in float32, so read and write x's dtype
+            with torch.autocast(x.device.type, enabled=False):
+                scale, offset = self.scale.to(x.dtype), self.offset.to(x.dtype)
+                return nnf.layer_norm(x, (x.shape[-1],), scale, offset, self.eps)
         return nnf.layer_norm(x, (x.shape[-1],), self.scale, self.offset, self.eps)
 
 
@@ -56,13 +60,14 @@ def concatenated(owner: nn.Module, name: str, params: Sequence[torch.Tensor]) ->
     """The parameters flattened to [in, -1] (vectors as they are) and joined along
     the last axis, kept on ``owner`` under ``name`` until one of them is replaced,
     moved or changed in place (id, data pointer, version counter). Inference
-    only: with autograd on it is rebuilt at every call."""
+    only: with autograd on, and inside ``torch.compile`` (storage pointers are
+    not traceable), it is rebuilt at every call."""
 
     def build() -> torch.Tensor:
         return torch.cat([p.flatten(1) if p.dim() > 1 else p for p in params], dim=-1)
 
-    if torch.is_grad_enabled():
-        return build()
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return build()  # traced: the concatenation is part of the graph
     key = tuple((id(p), p.data_ptr(), p._version, p.dtype) for p in params)
     cache = owner.__dict__.setdefault("_concatenated", {})
     if name not in cache or cache[name][0] != key:
@@ -114,6 +119,8 @@ class Attention(nn.Module):
         plan: Plan = REFERENCE,
     ) -> torch.Tensor:
         """q_data [B, Q, c], m_data [B, K, c], bias [B, 1, 1, K], nonbatched_bias [H, Q, K]."""
+        if plan.attention == "flash":
+            return self._flash(q_data, m_data, bias, nonbatched_bias, plan)
         if plan.fused and q_data is m_data and self.gating_w is not None:
             q, k, v, gate = self._fused_projections(q_data)
         else:
@@ -164,6 +171,35 @@ class Attention(nn.Module):
         else:
             mask.masked_fill_(all_masked, 0.0)
         return nnf.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.key_dim**-0.5)
+
+    def _flash(self, q_data, m_data, bias, nonbatched_bias, plan: Plan) -> torch.Tensor:
+        """:func:`gated_attention`: projections as [B, L, H, c] views, the pair bias
+        read tile by tile, the gate applied in the kernel; one output GEMM."""
+        b, q_len, h = q_data.shape[0], q_data.shape[1], self.num_head
+        if plan.fused and q_data is m_data:
+            names = ("query_w", "key_w", "value_w") + (
+                ("gating_w",) if self.gating_w is not None else ()
+            )
+            weights = concatenated(
+                self, "qkvg" if len(names) == 4 else "qkv", [getattr(self, n) for n in names]
+            )
+            parts = torch.matmul(q_data, weights).split(
+                [getattr(self, n)[0].numel() for n in names], dim=-1
+            )
+            q, k, v, *gate = (p.unflatten(-1, (h, -1)) for p in parts)
+            gate = gate[0] if gate else None
+        else:
+            q = torch.einsum("bqa,ahc->bqhc", q_data, self.query_w)
+            k = torch.einsum("bka,ahc->bkhc", m_data, self.key_w)
+            v = torch.einsum("bka,ahc->bkhc", m_data, self.value_w)
+            gating = self.gating_w is not None
+            gate = torch.einsum("bqc,chv->bqhv", q_data, self.gating_w) if gating else None
+        key_bias = bias.reshape(b, bias.shape[-1])
+        out = gated_attention(
+            q, k, v, key_bias, nonbatched_bias, gate, self.gating_b, self.key_dim**-0.5
+        )
+        output_w = self.output_w.flatten(0, 1)  # [H * c, out]
+        return torch.matmul(out.reshape(b, q_len, -1), output_w) + self.output_b
 
     def _fused_projections(self, x: torch.Tensor):
         """q, k, v, gate (+ gating bias), each [B, H, Q, c], from one GEMM."""
