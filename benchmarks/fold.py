@@ -509,13 +509,18 @@ def section_memory(args, params_dir, calibration, rows, results) -> list[Measure
             if measured is not None:
                 points.append(Measurement(workload, point["seconds"], measured))
             shown = "OOM" if measured is None else f"{measured / GIB:.3f}"
-            print(f"[memory] N={n} {name}: {shown} GiB (predicted {predicted / GIB:.3f} GiB)")
+            took = f", {point['seconds']:.1f} s" if measured is not None else ""
+            print(
+                f"[memory] N={n} {name}: {shown} GiB (predicted {predicted / GIB:.3f} GiB){took}",
+                flush=True,
+            )
             table.append(
                 {
                     "num_res": n,
                     "options": name,
                     "measured_gib": None if measured is None else measured / GIB,
                     "predicted_gib": predicted / GIB,
+                    "seconds": point.get("seconds"),
                     "kind": point.get("kind", "gpu"),
                 }
             )

@@ -190,6 +190,11 @@ def test_compile_model_off_leaves_the_model():
     assert buckets.compile_model(model, InferenceOptions()) is model
     blocks = model.alphafold_iteration.evoformer.evoformer_iteration
     assert "forward" not in blocks[0].__dict__
+    # compiled, then asked for an unoptimized run: the eager forward comes back
+    buckets.compile_model(model, InferenceOptions(compile=True), backend="aot_eager")
+    assert "forward" in blocks[0].__dict__
+    buckets.compile_model(model, InferenceOptions())
+    assert "forward" not in blocks[0].__dict__
 
 
 def test_compile_model_compiles_once_per_bucket():

@@ -147,16 +147,25 @@ def compile_model(
 
     One compiled code serves all blocks of a kind (parameters are graph inputs),
     so a new bucket length costs one compile for each of the two block kinds.
-    ``backend`` is torch.compile's (tests use a cheaper one).
+    ``backend`` is torch.compile's (tests use a cheaper one). Without
+    ``options.compile`` the blocks get their eager forward back, so one model
+    object serves compiled and unoptimized runs alike.
     """
-    if not options.compile:
-        return model
     evoformer = model.alphafold_iteration.evoformer
-    for block in [*evoformer.extra_msa_stack, *evoformer.evoformer_iteration]:
+    blocks = [*evoformer.extra_msa_stack, *evoformer.evoformer_iteration]
+    if not options.compile:
+        for block in blocks:
+            block.__dict__.pop("forward", None)  # the class's eager forward again
+        return model
+    for block in blocks:
         if "forward" not in block.__dict__:  # not compiled yet
             block.forward = torch.compile(block.forward, dynamic=False, backend=backend)
-    _allow_recompiles(2 * (len(options.length_buckets) + 1))
+    # unbucketed runs compile once per distinct length (and autocast state)
+    _allow_recompiles(max(2 * (len(options.length_buckets) + 1), MIN_RECOMPILES))
     return model
+
+
+MIN_RECOMPILES = 32
 
 
 def _allow_recompiles(count: int) -> None:
