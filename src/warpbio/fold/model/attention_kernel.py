@@ -50,17 +50,11 @@ def gated_attention(
     1e9 * (mask - 1)), pair_bias [H, Q, K] (shared by the batch), gate
     [B, Q, H, D] logits and gate_bias [H, D]. Returns [B, Q, H, D] in v's dtype.
     """
-    if _use_kernel(q):
+    if kernels.use_triton(q, custom_op=True):
         return torch.ops.warpbio.gated_attention(
             q, k, v, key_bias, pair_bias, gate, gate_bias, float(scale)
         )
     return gated_attention_torch(q, k, v, key_bias, pair_bias, gate, gate_bias, scale)
-
-
-def _use_kernel(tensor: torch.Tensor) -> bool:
-    if kernels._backend != "auto":  # forced by kernels.kernel_backend
-        return kernels._backend == "triton"
-    return tensor.is_cuda and kernels.triton_available()
 
 
 def gated_attention_torch(q, k, v, key_bias, pair_bias=None, gate=None, gate_bias=None, scale=1.0):
@@ -76,10 +70,6 @@ def gated_attention_torch(q, k, v, key_bias, pair_bias=None, gate=None, gate_bia
         logit = gate.float() if gate_bias is None else gate.float() + gate_bias.float()
         out = out * torch.sigmoid(logit)
     return out.to(dtype).contiguous()
-
-
-def _next_power_of_2(x: int) -> int:
-    return 1 << max(0, x - 1).bit_length()
 
 
 def _unit_last(x: torch.Tensor | None) -> torch.Tensor | None:
@@ -115,7 +105,7 @@ def gated_attention_triton(q, k, v, key_bias, pair_bias=None, gate=None, gate_bi
     if out.numel() == 0:
         return out
     gate_bias = None if gate_bias is None else gate_bias.contiguous()
-    block_d = max(16, _next_power_of_2(head_dim))  # tl.dot needs >= 16
+    block_d = max(16, kernels._next_power_of_2(head_dim))  # tl.dot needs >= 16
     block_m = 128 if q_len >= 128 else 64
     block_n = 64
     dummy = key_bias  # a valid pointer for the unused operands

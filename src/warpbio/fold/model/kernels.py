@@ -76,9 +76,10 @@ def triton_available() -> bool:
     return True
 
 
-def use_triton(tensor: torch.Tensor) -> bool:
-    """Whether the kernels on ``tensor`` run through Triton (see the module doc)."""
-    if torch.compiler.is_compiling():
+def use_triton(tensor: torch.Tensor, custom_op: bool = False) -> bool:
+    """Whether the kernels on ``tensor`` run through Triton (see the module doc).
+    Under ``torch.compile`` only a ``custom_op`` (opaque to the tracer) does."""
+    if torch.compiler.is_compiling() and not custom_op:
         return False
     if _backend != "auto":
         return _backend == "triton"

@@ -175,18 +175,11 @@ class Attention(nn.Module):
     def _flash(self, q_data, m_data, bias, nonbatched_bias, plan: Plan) -> torch.Tensor:
         """:func:`gated_attention`: projections as [B, L, H, c] views, the pair bias
         read tile by tile, the gate applied in the kernel; one output GEMM."""
-        b, q_len, h = q_data.shape[0], q_data.shape[1], self.num_head
+        b, q_len = q_data.shape[0], q_data.shape[1]
         if plan.fused and q_data is m_data:
-            names = ("query_w", "key_w", "value_w") + (
-                ("gating_w",) if self.gating_w is not None else ()
-            )
-            weights = concatenated(
-                self, "qkvg" if len(names) == 4 else "qkv", [getattr(self, n) for n in names]
-            )
-            parts = torch.matmul(q_data, weights).split(
-                [getattr(self, n)[0].numel() for n in names], dim=-1
-            )
-            q, k, v, *gate = (p.unflatten(-1, (h, -1)) for p in parts)
+            gating = ("gating_w",) if self.gating_w is not None else ()
+            names = ("query_w", "key_w", "value_w", *gating)
+            q, k, v, *gate = self._joint_projections(q_data, names)
             gate = gate[0] if gate else None
         else:
             q = torch.einsum("bqa,ahc->bqhc", q_data, self.query_w)
@@ -204,12 +197,16 @@ class Attention(nn.Module):
     def _fused_projections(self, x: torch.Tensor):
         """q, k, v, gate (+ gating bias), each [B, H, Q, c], from one GEMM."""
         names = ("query_w", "key_w", "value_w", "gating_w")
-        weights = concatenated(self, "qkvg", [getattr(self, n) for n in names])
-        sizes = [getattr(self, n).shape[1] * getattr(self, n).shape[2] for n in names]
-        b, q_len, h = x.shape[0], x.shape[1], self.num_head
-        parts = torch.matmul(x, weights).split(sizes, dim=-1)
-        q, k, v, gate = (p.reshape(b, q_len, h, -1).transpose(1, 2) for p in parts)
+        q, k, v, gate = (p.transpose(1, 2) for p in self._joint_projections(x, names))
         return q, k, v, gate + self.gating_b[:, None, :]
+
+    def _joint_projections(self, x: torch.Tensor, names: Sequence[str]) -> list[torch.Tensor]:
+        """The named [in, H, c] projections of x from one GEMM of their concatenated
+        weights (cached as "qkvg" / "qkv"), each a [B, L, H, c] view of its output."""
+        key = "".join(n[0] for n in names)
+        weights = concatenated(self, key, [getattr(self, n) for n in names])
+        parts = torch.matmul(x, weights).split([getattr(self, n)[0].numel() for n in names], -1)
+        return [p.unflatten(-1, (self.num_head, -1)) for p in parts]
 
 
 class GlobalAttention(nn.Module):
