@@ -23,7 +23,8 @@ def _pyplot():
 def _save(fig, path) -> None:
     plt = _pyplot()
     with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        # light zlib compression: files ~20% larger, encoding several times faster
+        fig.savefig(tmp, dpi=110, format="png", pil_kwargs={"compress_level": 1})
     plt.close(fig)
 
 
