@@ -115,7 +115,8 @@ def settings_for(args, epochs: int, gpu: bool):
     batch = args.batch_size if gpu else args.cpu_batch_size
     rate = args.learning_rate if gpu else args.cpu_learning_rate
     vae = VaeSettings(epochs=epochs, batch_size=batch, learning_rate=rate,
-                      compile=args.compile and gpu)  # fmt: skip
+                      compile=args.compile and gpu,
+                      cuda_graphs=args.cuda_graphs and gpu)  # fmt: skip
     return Settings(vae=vae)
 
 
@@ -282,6 +283,8 @@ def main() -> None:
     parser.add_argument("--cpu-batch-size", type=int, default=256)
     parser.add_argument("--cpu-learning-rate", type=float, default=2e-3)
     parser.add_argument("--compile", action="store_true", help="torch.compile the VAE")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="GPU training through one captured CUDA-graph step")  # fmt: skip
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--cpu-epochs", type=int, default=0,
                         help="CPU path: train this many epochs and scale to --epochs")

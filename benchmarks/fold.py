@@ -753,7 +753,7 @@ def parse_args(argv=None):
     p.add_argument("--jax-subset", type=int, default=8)
     p.add_argument("--cpu-count", type=int, default=16)
     p.add_argument("--cpu-instances", type=int, default=4)
-    p.add_argument("--cpu-options", choices=["fast", "float32"], default="float32")
+    p.add_argument("--cpu-options", choices=["fast_cpu", "fast", "float32"], default="fast_cpu")
     p.add_argument("--cpu-jax-subset", type=int, default=3)
     p.add_argument("--time-limit", type=float, default=30.0, help="ILP time limit (s)")
     p.add_argument("--calibration", help="cost-model JSON to plan with")
@@ -786,6 +786,8 @@ def fit_calibration(time_points, memory_points, start, kind, facts) -> Calibrati
 def options_named(name: str, recycles: int, args=None) -> InferenceOptions:
     if name == "fast":
         return fast_options(args, num_recycle=recycles)
+    if name == "fast_cpu":
+        return InferenceOptions.fast_cpu(num_recycle=recycles)
     return InferenceOptions(num_recycle=recycles)
 
 

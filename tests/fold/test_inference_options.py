@@ -142,6 +142,14 @@ def test_float32_switch_matches_reference(model, batch, reference, switches):
     assert_float32_agrees(run(model, batch, **switches), reference, batch, str(switches))
 
 
+def test_fast_cpu_preset_is_float32_and_matches_reference(model, batch, reference):
+    options = InferenceOptions.fast_cpu()
+    assert options.precision == "float32" and options.attention == "sdpa"
+    assert options.fused and options.inplace and not options.compile
+    switches = {k: v for k, v in options.__dict__.items() if k != "num_recycle"}
+    assert_float32_agrees(run(model, batch, **switches), reference, batch, "fast_cpu")
+
+
 def test_inplace_is_identical_to_out_of_place(model, batch, reference):
     """Same sums in the same order: equal to rounding noise at most (here: equal)."""
     out = run(model, batch, inplace=True)
