@@ -145,7 +145,7 @@ def test_float32_switch_matches_reference(model, batch, reference, switches):
 def test_fast_cpu_preset_is_float32_and_matches_reference(model, batch, reference):
     options = InferenceOptions.fast_cpu()
     assert options.precision == "float32" and options.attention == "sdpa"
-    assert options.fused and options.inplace and not options.compile
+    assert options.fused and options.inplace and not options.compile and options.chunk_size
     switches = {k: v for k, v in options.__dict__.items() if k != "num_recycle"}
     assert_float32_agrees(run(model, batch, **switches), reference, batch, "fast_cpu")
 

@@ -78,6 +78,9 @@ PRECISIONS = ("float32", "bfloat16")
 ATTENTION_KERNELS = ("reference", "sdpa", "flash")
 
 
+CPU_CHUNK = 16  # rows per chunk in fast_cpu()
+
+
 @dataclass(frozen=True)
 class InferenceOptions:
     """Run-time options that do not change the weights.
@@ -151,7 +154,9 @@ class InferenceOptions:
     def fast_cpu(cls, **changes) -> InferenceOptions:
         """The optimizations that pay on CPU cores: float32 (bfloat16 is emulated on
         most CPUs), SDPA attention (PyTorch's tiled CPU kernel: no [B, H, Q, K]
-        logits, 1.65x on the MSA column attention), fused projections, in place."""
-        settings = dict(attention="sdpa", fused=True, inplace=True)
+        logits; 2x on the MSA column attention), fused projections, in place, and
+        chunks of 16 rows (small temporaries stay in the allocator's cache instead
+        of fresh page-faulted mappings: 1.2-1.5x at 58-128 residues on 2 cores)."""
+        settings = dict(attention="sdpa", fused=True, inplace=True, chunk_size=CPU_CHUNK)
         settings.update(changes)
         return cls(**settings)
