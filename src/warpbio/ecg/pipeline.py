@@ -145,18 +145,19 @@ def signal_excerpt(segmented: Segmented, table: pd.DataFrame) -> dict:
 
 def write_tsv(frame: pd.DataFrame, path) -> None:
     """Tab-separated, missing values as NA. Arrow's multi-threaded writer (8x pandas');
-    pandas' where a cell needs quotes (Arrow's quoting would quote every string)."""
+    pandas' where Arrow cannot take a column (mixed-type object columns) or a cell
+    needs quotes (Arrow's quoting would quote every string)."""
     import pyarrow as pa
     from pyarrow import csv
 
-    table = pa.Table.from_pandas(frame, preserve_index=False)  # NaN and pd.NA -> null
     options = csv.WriteOptions(include_header=False, delimiter="\t", null_string="NA",
                                quoting_style="none")  # fmt: skip
     with atomic_write(path) as tmp, open(tmp, "wb") as handle:
-        handle.write(("\t".join(map(str, frame.columns)) + "\n").encode())
         try:
+            table = pa.Table.from_pandas(frame, preserve_index=False)  # NaN, pd.NA -> null
+            handle.write(("\t".join(map(str, frame.columns)) + "\n").encode())
             csv.write_csv(table, handle, options)
-        except pa.ArrowInvalid:  # a tab, quote or newline in a cell
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
             handle.seek(0)
             handle.truncate()
             frame.to_csv(handle, sep="\t", index=False, na_rep="NA")
