@@ -356,10 +356,11 @@ def train_vae(
         total.zero_()
         if graphed is not None:
             graphed.run_epoch(order, epoch_noise)
-        for index in range(0 if graphed is not None else n_batches):
-            rows = order[index * batch : (index + 1) * batch]
-            position = torch.arange(rows.shape[0], device=device) + index * batch
-            batch_step(rows, epoch_noise[rows], (position < n_train).float())
+        else:
+            for index in range(n_batches):
+                rows = order[index * batch : (index + 1) * batch]
+                position = torch.arange(rows.shape[0], device=device) + index * batch
+                batch_step(rows, epoch_noise[rows], (position < n_train).float())
         losses[epoch] = total / n_train.clamp(min=1)
         log.info("VAE epoch %d/%d (%.1f s)", epoch + 1, settings.epochs, time.time() - started)
     model.eval()
