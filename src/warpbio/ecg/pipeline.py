@@ -313,16 +313,32 @@ def score_step(ctx) -> dict:
 
 
 def plots_step(ctx) -> None:
-    """Snakemake step: the four report figures."""
+    """Snakemake step: the four report figures (side by side with 2+ threads)."""
     frame = pd.read_csv(ctx.input.scores, sep="\t", keep_default_na=True)
     vectors = np.concatenate([np.load(path) for path in ctx.input.beats])
     excerpts = [dict(np.load(path, allow_pickle=False)) for path in ctx.input.excerpts]
     auroc_value = json.loads(Path(ctx.input.auroc).read_text())["held_out"]["auroc"]
     window = (ctx.params.beats.get("before_s", 0.25), ctx.params.beats.get("after_s", 0.45))
-    make_plots(frame, vectors, excerpts, auroc_value, window, dict(ctx.output.items()))
+    jobs = plot_jobs(frame, vectors, excerpts, auroc_value, window, dict(ctx.output.items()))
+    workers = plot_workers(ctx.threads)
+    try:
+        draw(jobs, workers)
+    finally:
+        if workers is not None:
+            workers.close()
 
 
-def make_plots(frame, vectors, excerpts, auroc_value, window, paths: dict) -> None:
+def plot_workers(threads: int):
+    """Plotting processes for ``threads`` cores (one per figure, at most 4), or None
+    for one core (then the figures are drawn in this process)."""
+    from warpbio.ecg.plots import PlotWorkers
+
+    workers = min(int(threads), 4)
+    return PlotWorkers(workers) if workers >= 2 else None
+
+
+def plot_jobs(frame, vectors, excerpts, auroc_value, window, paths: dict) -> list[tuple]:
+    """The four figures as (function, *arguments) jobs, their arguments small."""
     from warpbio.ecg import plots
 
     anomaly = frame["anomaly"].fillna(-1).astype(int).to_numpy()
@@ -333,11 +349,25 @@ def make_plots(frame, vectors, excerpts, auroc_value, window, paths: dict) -> No
             excerpt[key] = str(excerpt[key])
         excerpt["fs"] = float(excerpt["fs"])
         excerpt["start"] = int(excerpt["start"])
-    plots.plot_signal(excerpts, paths["signal"])
-    plots.plot_beats(vectors, anomaly, scores, paths["beats"], window)
-    plots.plot_latent(frame[["z1", "z2"]].to_numpy()[held], scores[held], anomaly[held],
-                      paths["latent"])  # fmt: skip
-    plots.plot_scores(scores[held], anomaly[held], paths["scores"], auroc_value)
+    latent = frame[["z1", "z2"]].to_numpy()[held]
+    return [
+        (plots.plot_signal, excerpts, paths["signal"]),
+        (plots.plot_beats, plots.beat_overlay_groups(vectors, anomaly, scores), paths["beats"],
+         window),
+        (plots.plot_latent, latent, scores[held], anomaly[held], paths["latent"]),
+        (plots.plot_scores, scores[held], anomaly[held], paths["scores"], auroc_value),
+    ]  # fmt: skip
+
+
+def draw(jobs: list[tuple], workers=None) -> None:
+    """Draw the jobs here, or through ``workers`` (waits for all of them)."""
+    from warpbio.ecg.plots import wait_all
+
+    if workers is None:
+        for function, *args in jobs:
+            function(*args)
+    else:
+        wait_all(workers.draw(jobs))
 
 
 # --------------------------------------------------------------------------
@@ -386,78 +416,95 @@ def run_pipeline(
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
 
     begin = time.perf_counter()
-    recordings = []
-    for row in rows:
-        started = time.perf_counter()
-        recordings.append(read_recording(row, xp))
-        clock("parse", started)
-    counter = count_device_to_host() if count_transfers and xp is not np else nullcontext()
-    with counter as transfers:
-        segmented = []
-        for recording in recordings:
-            check_length(recording, settings.beats.window_s)
+    # plotting processes start now, in the background, to be warm by the end
+    workers = plot_workers(threads) if plots and out_dir is not None else None
+    with workers if workers is not None else nullcontext():
+        recordings = []
+        for row in rows:
             started = time.perf_counter()
-            filtered = filter_ecg(recording.signal, recording.fs, xp, settings.filter, threads)
-            clock("filter", started)
+            recordings.append(read_recording(row, xp))
+            clock("parse", started)
+        counter = count_device_to_host() if count_transfers and xp is not np else nullcontext()
+        with counter as transfers:
+            segmented = []
+            for recording in recordings:
+                check_length(recording, settings.beats.window_s)
+                started = time.perf_counter()
+                filtered = filter_ecg(recording.signal, recording.fs, xp, settings.filter, threads)
+                clock("filter", started)
+                started = time.perf_counter()
+                peaks = find_peaks(filtered.response, recording.fs, xp, settings.peaks,
+                                   filtered.filtered)  # fmt: skip
+                clock("peaks", started)
+                started = time.perf_counter()
+                beats = embed_beats(peaks, xp, settings.beats)
+                segmented.append(Segmented(recording, peaks, beats))
+                clock("beats", started)
             started = time.perf_counter()
-            peaks = find_peaks(filtered.response, recording.fs, xp, settings.peaks,
-                               filtered.filtered)  # fmt: skip
-            clock("peaks", started)
+            vectors = xp.concatenate([s.beats.vectors for s in segmented])
+            valid = xp.concatenate([s.beats.valid for s in segmented])
+            trained = train_vae(vectors, valid, settings.vae, seed, threads)
+            clock("train", started)
             started = time.perf_counter()
-            segmented.append(Segmented(recording, peaks, embed_beats(peaks, xp, settings.beats)))
-            clock("beats", started)
+            scores, latent = score_beats(trained.model, vectors, settings.vae)
+            latent = latent_2d(latent, trained.held_out)
+            clock("score", started)
         started = time.perf_counter()
-        vectors = xp.concatenate([s.beats.vectors for s in segmented])
-        valid = xp.concatenate([s.beats.valid for s in segmented])
-        trained = train_vae(vectors, valid, settings.vae, seed, threads)
-        clock("train", started)
-        started = time.perf_counter()
-        scores, latent = score_beats(trained.model, vectors, settings.vae)
-        latent = latent_2d(latent, trained.held_out)
-        clock("score", started)
-    started = time.perf_counter()
-    valid_host = valid.get() if hasattr(valid, "get") else valid
-    tables, beat_vectors = [], []
-    for item in segmented:
-        part, table = beat_table(item, settings)
-        beat_vectors.append(part)
-        tables.append(table)
-    table = pd.concat(tables, ignore_index=True)
-    held_out = trained.held_out.cpu().numpy()[valid_host]
-    split = np.where(held_out, "held_out", "train")
-    frame = score_table(table, split, scores.cpu().numpy()[valid_host],
-                        latent.cpu().numpy()[valid_host])  # fmt: skip
-    summary = auroc_summary(frame, settings.vae.score)
-    clock("results to host", started)
-    if out_dir is not None:
-        started = time.perf_counter()
-        out = Path(out_dir)
-        for item, part, table_part in zip(segmented, beat_vectors, tables, strict=True):
-            name = item.recording.name
-            paths = {key: out / f"{key}/{name}.{ext}" for key, ext in
-                     (("peaks", "tsv"), ("beats", "npy"), ("table", "tsv"), ("excerpt", "npz"))}
-            write_segmentation(item, settings, paths, (part, table_part))  # fmt: skip
-        write_tsv(frame, out / "scores/beats.tsv")
-        write_json(summary, out / "scores/auroc.json")
-        clock("write", started)
-        if plots:
+        valid_host = valid.get() if hasattr(valid, "get") else valid
+        tables, beat_vectors = [], []
+        for item in segmented:
+            part, table = beat_table(item, settings)
+            beat_vectors.append(part)
+            tables.append(table)
+        table = pd.concat(tables, ignore_index=True)
+        held_out = trained.held_out.cpu().numpy()[valid_host]
+        split = np.where(held_out, "held_out", "train")
+        frame = score_table(table, split, scores.cpu().numpy()[valid_host],
+                            latent.cpu().numpy()[valid_host])  # fmt: skip
+        summary = auroc_summary(frame, settings.vae.score)
+        clock("results to host", started)
+        if out_dir is not None:
+            out = Path(out_dir)
+            pending = None
+            if plots:  # figures first: they draw in their processes during the writes
+                started = time.perf_counter()
+                excerpts = [signal_excerpt(item, t) for item, t in zip(segmented, tables,
+                                                                       strict=True)]  # fmt: skip
+                paths = {name: out / f"plots/{name}.png" for name in
+                         ("signal", "beats", "latent", "scores")}  # fmt: skip
+                window = (settings.beats.before_s, settings.beats.after_s)
+                jobs = plot_jobs(frame, np.concatenate(beat_vectors), excerpts,
+                                 summary["held_out"]["auroc"], window, paths)  # fmt: skip
+                pending = workers.draw(jobs) if workers is not None else None
+                clock("plots", started)
             started = time.perf_counter()
-            excerpts = [signal_excerpt(item, t) for item, t in zip(segmented, tables, strict=True)]
-            paths = {name: out / f"plots/{name}.png" for name in
-                     ("signal", "beats", "latent", "scores")}  # fmt: skip
-            make_plots(frame, np.concatenate(beat_vectors), excerpts,
-                       summary["held_out"]["auroc"],
-                       (settings.beats.before_s, settings.beats.after_s), paths)  # fmt: skip
-            clock("plots", started)
-    seconds["end to end"] = time.perf_counter() - begin
-    return PipelineResult(
-        seconds=seconds,
-        frame=frame,
-        auroc=summary,
-        samples=sum(r.n_samples for r in recordings),
-        transfers=transfers if count_transfers and xp is not np else None,
-        peaks={item.recording.name: item.peaks.to_host() for item in segmented},
-    )
+            for item, part, table_part in zip(segmented, beat_vectors, tables, strict=True):
+                name = item.recording.name
+                kinds = (("peaks", "tsv"), ("beats", "npy"), ("table", "tsv"), ("excerpt", "npz"))
+                paths = {key: out / f"{key}/{name}.{ext}" for key, ext in kinds}
+                write_segmentation(item, settings, paths, (part, table_part))
+            write_tsv(frame, out / "scores/beats.tsv")
+            write_json(summary, out / "scores/auroc.json")
+            clock("write", started)
+            if plots:  # what the figures take beyond the writes
+                from warpbio.ecg.plots import wait_all
+
+                started = time.perf_counter()
+                if pending is None:
+                    draw(jobs)
+                else:
+                    wait_all(pending)
+                clock("plots", started)
+        result = PipelineResult(
+            seconds=seconds,
+            frame=frame,
+            auroc=summary,
+            samples=sum(r.n_samples for r in recordings),
+            transfers=transfers if count_transfers and xp is not np else None,
+            peaks={item.recording.name: item.peaks.to_host() for item in segmented},
+        )
+    seconds["end to end"] = time.perf_counter() - begin  # the plotting processes' exit too
+    return result
 
 
 def settings_record(settings: Settings) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -52,31 +53,48 @@ def plot_signal(excerpts: list[dict], path: str | Path) -> None:
     _save(fig, path)
 
 
-def plot_beats(beats: np.ndarray, anomaly: np.ndarray, scores: np.ndarray, path, fs_window):
-    """Overlay of normal and anomalous beats (labelled, else the top-scored 2%)."""
-    plt = _pyplot()
-    from matplotlib.collections import LineCollection
-
+def beat_overlay_groups(
+    beats: np.ndarray, anomaly: np.ndarray, scores: np.ndarray, limit: int = 200
+) -> list[dict]:
+    """The overlay's two groups (normal; labelled anomalies, else the top-scored 2%):
+    up to ``limit`` beats drawn at random, the mean of all and the count. Picked here,
+    so a plotting process gets kilobytes instead of the beat matrix."""
     rng = np.random.default_rng(0)
     labelled = np.any(anomaly >= 0)
     flagged = anomaly == 1 if labelled else scores >= np.quantile(scores, 0.98)
-    time = np.linspace(-fs_window[0], fs_window[1], beats.shape[1], endpoint=False)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
-    groups = (
+    groups = []
+    for mask, colour, title in (
         (~flagged & (anomaly != -1) if labelled else ~flagged, NORMAL_COLOUR, "normal"),
         (flagged, ANOMALY_COLOUR, "labelled anomalies" if labelled else "top 2% scores"),
-    )
-    for axis, (mask, colour, title) in zip(axes, groups, strict=True):
+    ):
         rows = np.flatnonzero(mask)
-        shown = rng.choice(rows, size=min(rows.size, 200), replace=False) if rows.size else rows
+        shown = rng.choice(rows, size=min(rows.size, limit), replace=False) if rows.size else rows
+        mean = beats[rows].mean(0) if rows.size else None
+        groups.append({"shown": beats[shown], "mean": mean, "count": int(rows.size),
+                       "colour": colour, "title": title})  # fmt: skip
+    return groups
+
+
+def plot_beats(groups: list[dict], path, fs_window) -> None:
+    """Overlay of the groups of :func:`beat_overlay_groups`, side by side."""
+    plt = _pyplot()
+    from matplotlib.collections import LineCollection
+
+    length = groups[0]["shown"].shape[1]
+    time = np.linspace(-fs_window[0], fs_window[1], length, endpoint=False)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    for axis, group in zip(axes, groups, strict=True):
+        shown = group["shown"]
         # one LineCollection instead of a Line2D per beat: 4x faster to draw
-        lines = np.stack([np.broadcast_to(time, (shown.size, time.size)), beats[shown]], -1)
-        axis.add_collection(LineCollection(lines, colors=colour, alpha=0.08, linewidths=0.8))
+        lines = np.stack([np.broadcast_to(time, shown.shape), shown], -1)
+        axis.add_collection(LineCollection(lines, colors=group["colour"], alpha=0.08,
+                                           linewidths=0.8))  # fmt: skip
         axis.autoscale_view()
-        if rows.size:
-            axis.plot(time, beats[rows].mean(0), color="black", lw=1.5, label="mean")
+        if group["mean"] is not None:
+            axis.plot(time, group["mean"], color="black", lw=1.5, label="mean")
             axis.legend(loc="upper right")
-        axis.set(title=f"{title} ({rows.size:,} beats)", xlabel="time from R peak (s)")
+        axis.set(title=f"{group['title']} ({group['count']:,} beats)",
+                 xlabel="time from R peak (s)")  # fmt: skip
     axes[0].set_ylabel("normalized amplitude")
     fig.tight_layout()
     _save(fig, path)
@@ -147,3 +165,145 @@ def plot_scores(scores: np.ndarray, anomaly: np.ndarray, path, auroc: float | No
                    xlabel="score", ylabel="beats")  # fmt: skip
     fig.tight_layout()
     _save(fig, path)
+
+
+# --------------------------------------------------------------------------
+# Drawing the figures side by side
+# --------------------------------------------------------------------------
+
+
+class PlotWorkers:
+    """Processes that draw the report figures side by side.
+
+    Matplotlib holds the GIL while it draws, so threads would take turns; separate
+    processes do not. Each is a fresh ``python -m warpbio.ecg._plot_server`` (no CUDA
+    context or library threads inherited, and, unlike multiprocessing's spawn or
+    forkserver, no re-run of the calling script), which imports pyplot once and then
+    draws (function, *args) jobs sent as pickles over its stdin. They are started
+    from a background thread while the earlier stages run, so the start costs the
+    pipeline nothing.
+    """
+
+    def __init__(self, workers: int) -> None:
+        import queue
+        import threading
+
+        self.workers = workers
+        self.idle: queue.Queue = queue.Queue()
+        self.servers: list = []
+        self.threads = None
+        self._error: BaseException | None = None
+        self._starting = threading.Thread(target=self._start, daemon=True)
+        self._starting.start()
+
+    def _start(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        try:
+            for _ in range(self.workers):
+                self.servers.append(_start_server())
+            for server in self.servers:
+                _expect_ready(server)
+                self.idle.put(server)
+            self.threads = ThreadPoolExecutor(self.workers, thread_name_prefix="plots")
+        except BaseException as error:  # reported (and drawn in process) by draw()
+            self._error = error
+            self._stop_servers()
+
+    def draw(self, jobs: list[tuple]) -> list:
+        """Submit (function, *args) jobs; returns their futures (or runs them here
+        when the processes could not start)."""
+        self._starting.join()
+        if self.threads is None:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "plotting processes unavailable (%s); drawing in this process", self._error
+            )
+            for function, *args in jobs:
+                function(*args)
+            return []
+        return [self.threads.submit(self._run, job) for job in jobs]
+
+    def _run(self, job: tuple) -> None:
+        server = self.idle.get()
+        try:
+            _request(server, job)
+        finally:
+            self.idle.put(server)
+
+    def _stop_servers(self) -> None:
+        for server in self.servers:
+            with contextlib.suppress(OSError):
+                server.stdin.close()  # end of input: the server exits
+        for server in self.servers:
+            try:
+                server.wait(timeout=30)
+            except Exception:
+                server.kill()
+        self.servers = []
+
+    def close(self) -> None:
+        self._starting.join()
+        if self.threads is not None:
+            self.threads.shutdown(wait=True)
+        self._stop_servers()
+
+    def __enter__(self) -> PlotWorkers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _start_server():
+    import os
+    import subprocess
+    import sys
+
+    import warpbio
+
+    package_root = str(Path(warpbio.__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    env["MPLBACKEND"] = "Agg"
+    return subprocess.Popen(
+        [sys.executable, "-m", "warpbio.ecg._plot_server"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+    )  # fmt: skip
+
+
+def _expect_ready(server) -> None:
+    status, detail = _receive(server)
+    if status != "ready":
+        raise RuntimeError(f"plotting process did not start: {detail}")
+
+
+def _request(server, job: tuple) -> None:
+    """Send one job to a server and wait for it; its failure is raised here."""
+    import pickle
+
+    payload = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+    server.stdin.write(len(payload).to_bytes(8, "little") + payload)
+    server.stdin.flush()
+    status, detail = _receive(server)
+    if status != "done":
+        name = getattr(job[0], "__name__", job[0])
+        raise RuntimeError(f"figure {name} failed in its plotting process:\n{detail}")
+
+
+def _receive(server) -> tuple:
+    import pickle
+
+    header = server.stdout.read(8)
+    if len(header) < 8:
+        return "died", f"the plotting process exited (code {server.poll()})"
+    return pickle.loads(server.stdout.read(int.from_bytes(header, "little")))
+
+
+def wait_all(futures: list) -> None:
+    """Wait for every figure; the first failure is raised (after all have finished)."""
+    errors = [future.exception() for future in futures]
+    for error in errors:
+        if error is not None:
+            raise error
