@@ -126,18 +126,27 @@ def test_gpu_training_matches_cpu_split(cp):
     assert np.isfinite(gpu.epoch_losses.cpu().numpy()).all()
 
 
-def test_graphed_training_equals_eager_training(cp):
-    """The CUDA-graph step replays the eager step: same weights, losses and split."""
+@pytest.mark.parametrize("n_valid", [610, 100])
+def test_graphed_training_equals_eager_training(cp, caplog, n_valid):
+    """The CUDA-graph step replays the eager step: same weights, losses and split.
+    With 100 valid rows 7 of the 9 batches are empty: skipped by the graph's IF node
+    where PyTorch has conditional nodes, computed and discarded by the eager loop."""
+    import logging
     from dataclasses import replace
 
-    from warpbio.ecg.vae import VaeSettings, train_vae
+    import torch
+
+    from warpbio.ecg.vae import VaeSettings, _has_conditional_nodes, train_vae
 
     rng = np.random.default_rng(1)
     beats = cp.asarray(rng.normal(size=(700, 256)).astype(np.float32))
-    valid = cp.asarray(np.arange(700) < 610)  # padding rows and an empty tail batch
+    valid = cp.asarray(np.arange(700) < n_valid)  # padding rows and empty tail batches
     settings = VaeSettings(epochs=3, batch_size=64, cuda_graphs=False)
     eager = train_vae(beats, valid, settings, seed=2)
-    graphed = train_vae(beats, valid, replace(settings, cuda_graphs=True), seed=2)
+    with caplog.at_level(logging.INFO, logger="warpbio.ecg.vae"):
+        graphed = train_vae(beats, valid, replace(settings, cuda_graphs=True), seed=2)
+    skipped = "empty batches skipped on the device" in caplog.text
+    assert skipped == _has_conditional_nodes(torch), caplog.text
     for key, value in eager.model.state_dict().items():
         other = graphed.model.state_dict()[key]
         assert torch_close(value, other), key

@@ -250,6 +250,12 @@ class GraphedBatches:
     order is padded to whole batches with row 0 at weight 0: the same no-op rows
     as the eager loop's empty tail. Warm-up steps before the capture have weight
     0 everywhere, so they change no weight, moment or step count.
+
+    Where PyTorch has CUDA-graph conditional nodes, the step sits in an IF node on
+    ``offset < n_train``, evaluated on the device at each replay: batches past the
+    last training beat (3/4 of them on a day of ECG, whose beat buffer is sized for
+    300 bpm) skip their kernels instead of computing and discarding. They were
+    no-ops either way, so the model is the same; only the time differs.
     """
 
     def __init__(self, batch_step, rows: int, batch: int, n_batches: int, n_train, settings):
@@ -277,10 +283,31 @@ class GraphedBatches:
             for _ in range(3):
                 replayed_step()
         torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            replayed_step()
+        self.conditional = _has_conditional_nodes(torch)
+        if self.conditional:
+            try:
+                self.graph = self._capture(replayed_step, n_train, conditional=True)
+            except RuntimeError as error:  # a build without working conditional nodes
+                log.warning("CUDA-graph conditional node failed (%s); plain graph", error)
+                self.conditional = False
+        if not self.conditional:
+            self.graph = self._capture(replayed_step, n_train, conditional=False)
         self.no_weight.fill_(False)
+        log.info("VAE training: one CUDA graph per batch%s",
+                 ", empty batches skipped on the device" if self.conditional else "")  # fmt: skip
+
+    def _capture(self, replayed_step, n_train, conditional: bool):
+        torch = _torch()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            if conditional:
+                self._has_rows = self.offset < n_train  # recomputed at every replay
+                graph.begin_capture_to_if_node(self._has_rows)
+                replayed_step()
+                graph.end_capture_to_conditional_node()
+            else:
+                replayed_step()
+        return graph
 
     def run_epoch(self, order, noise) -> None:
         # training rows come first in the order; rows past the batches' reach have weight 0
@@ -291,6 +318,14 @@ class GraphedBatches:
         for index in range(self.n_batches):
             self.offset.fill_(index * self.batch)
             self.graph.replay()
+
+
+def _has_conditional_nodes(torch) -> bool:
+    """CUDA-graph IF nodes: PyTorch's API for them and CUDA 12.4 or later."""
+    if not hasattr(torch.cuda.CUDAGraph, "begin_capture_to_if_node"):
+        return False
+    major, minor = (int(part) for part in (torch.version.cuda or "0.0").split(".")[:2])
+    return (major, minor) >= (12, 4)
 
 
 def train_vae(
