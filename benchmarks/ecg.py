@@ -294,6 +294,10 @@ def main() -> None:
     parser.add_argument("--peer-hours", type=float, default=1.0)
     parser.add_argument("--out", default="")
     args = parser.parse_args()
+    import logging
+
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("warpbio.ecg.vae").setLevel(logging.INFO)  # graph mode, epoch times
 
     print("dependencies:")
     found = check_dependencies()
