@@ -183,3 +183,27 @@ def test_sample_sheet_errors(tmp_path, body, expected):
     sheet = write(tmp_path / "samples.tsv", body)
     with pytest.raises(EcgInputError, match=expected):
         read_sample_sheet(sheet)
+
+
+def test_write_tsv_without_arrow_null_string(tmp_path, monkeypatch):
+    """An older Arrow (no WriteOptions.null_string, as on the GPU image) gets pandas'
+    writer and the same file."""
+    import numpy as np
+    import pandas as pd
+    from pyarrow import csv
+
+    from warpbio.ecg.pipeline import write_tsv
+
+    frame = pd.DataFrame({"sample": [3, 9], "score": [0.5, np.nan], "symbol": ["N", "V"]})
+    write_tsv(frame, tmp_path / "arrow.tsv")
+    real = csv.WriteOptions
+
+    def old_options(*args, **kwargs):
+        if "null_string" in kwargs:
+            raise TypeError("__init__() got an unexpected keyword argument 'null_string'")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(csv, "WriteOptions", old_options)
+    write_tsv(frame, tmp_path / "pandas.tsv")
+    assert (tmp_path / "pandas.tsv").read_text() == (tmp_path / "arrow.tsv").read_text()
+    assert "NA" in (tmp_path / "pandas.tsv").read_text()

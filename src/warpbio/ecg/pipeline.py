@@ -150,10 +150,15 @@ def write_tsv(frame: pd.DataFrame, path) -> None:
     import pyarrow as pa
     from pyarrow import csv
 
-    options = csv.WriteOptions(include_header=False, delimiter="\t", null_string="NA",
-                               quoting_style="none")  # fmt: skip
+    try:
+        options = csv.WriteOptions(include_header=False, delimiter="\t", null_string="NA",
+                                   quoting_style="none")  # fmt: skip
+    except TypeError:  # an Arrow without null_string (the GPU image's): pandas' writer
+        options = None
     with atomic_write(path) as tmp, open(tmp, "wb") as handle:
         try:
+            if options is None:
+                raise pa.ArrowInvalid("no null_string in this Arrow's CSV writer")
             table = pa.Table.from_pandas(frame, preserve_index=False)  # NaN, pd.NA -> null
             handle.write(("\t".join(map(str, frame.columns)) + "\n").encode())
             csv.write_csv(table, handle, options)
