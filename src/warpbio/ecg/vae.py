@@ -251,10 +251,12 @@ class GraphedBatches:
     as the eager loop's empty tail. Warm-up steps before the capture have weight
     0 everywhere, so they change no weight, moment or step count.
 
-    Where PyTorch has CUDA-graph conditional nodes, the step sits in an IF node on
-    ``offset < n_train``, evaluated on the device at each replay: batches past the
-    last training beat (3/4 of them on a day of ECG, whose beat buffer is sized for
-    300 bpm) skip their kernels instead of computing and discarding. They were
+    The step sits in an IF node on ``offset < n_train``, evaluated on the device at
+    each replay: batches past the last training beat (3/4 of them on a day of ECG,
+    whose beat buffer is sized for 300 bpm) skip their kernels instead of computing
+    and discarding. PyTorch 2.13 captures into IF nodes itself; on older builds the
+    node is made through CUDA's driver API (:mod:`warpbio.ecg._graph_if`), and
+    where neither works the plain graph runs every batch. Skipped batches were
     no-ops either way, so the model is the same; only the time differs.
     """
 
@@ -283,31 +285,40 @@ class GraphedBatches:
             for _ in range(3):
                 replayed_step()
         torch.cuda.current_stream().wait_stream(side)
-        self.conditional = _has_conditional_nodes(torch)
-        if self.conditional:
-            try:
-                self.graph = self._capture(replayed_step, n_train, conditional=True)
-            except RuntimeError as error:  # a build without working conditional nodes
-                log.warning("CUDA-graph conditional node failed (%s); plain graph", error)
-                self.conditional = False
-        if not self.conditional:
-            self.graph = self._capture(replayed_step, n_train, conditional=False)
+        self.graph, self.conditional = self._capture(replayed_step, n_train)
         self.no_weight.fill_(False)
         log.info("VAE training: one CUDA graph per batch%s",
-                 ", empty batches skipped on the device" if self.conditional else "")  # fmt: skip
+                 f", empty batches skipped on the device ({self.conditional})"
+                 if self.conditional else "")  # fmt: skip
 
-    def _capture(self, replayed_step, n_train, conditional: bool):
+    def _capture(self, replayed_step, n_train):
+        """(graph, how its IF node was made: "torch", "driver" or "" for none)."""
         torch = _torch()
+        if _has_conditional_nodes(torch):
+            try:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self._has_rows = self.offset < n_train  # recomputed at every replay
+                    graph.begin_capture_to_if_node(self._has_rows)
+                    replayed_step()
+                    graph.end_capture_to_conditional_node()
+                return graph, "torch"
+            except RuntimeError as error:  # a build without working conditional nodes
+                log.warning("PyTorch's CUDA-graph IF node failed (%s)", error)
+        try:  # PyTorch's graph as the body of an IF node made through the driver API
+            from warpbio.ecg._graph_if import DriverIfGraph
+
+            self._body = torch.cuda.CUDAGraph(keep_graph=True)
+            with torch.cuda.graph(self._body):
+                replayed_step()
+            return DriverIfGraph(self._body.raw_cuda_graph(), self.offset, n_train), "driver"
+        except Exception as error:
+            log.warning("CUDA-graph IF node through the driver API failed (%s: %s); "
+                        "plain graph", type(error).__name__, error)  # fmt: skip
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            if conditional:
-                self._has_rows = self.offset < n_train  # recomputed at every replay
-                graph.begin_capture_to_if_node(self._has_rows)
-                replayed_step()
-                graph.end_capture_to_conditional_node()
-            else:
-                replayed_step()
-        return graph
+            replayed_step()
+        return graph, ""
 
     def run_epoch(self, order, noise) -> None:
         # training rows come first in the order; rows past the batches' reach have weight 0
