@@ -385,11 +385,10 @@ def plot_jobs(frame, vectors, excerpts, auroc_value, window, paths: dict) -> lis
 
 def draw(jobs: list[tuple], workers=None) -> None:
     """Draw the jobs here, or through ``workers`` (waits for all of them)."""
-    from warpbio.ecg.plots import wait_all
+    from warpbio.ecg.plots import draw_here, wait_all
 
     if workers is None:
-        for function, *args in jobs:
-            function(*args)
+        draw_here(jobs)
     else:
         wait_all(workers.draw(jobs))
 

@@ -220,8 +220,7 @@ class PlotWorkers:
             logging.getLogger(__name__).warning(
                 "plotting processes unavailable (%s); drawing in this process", self._error
             )
-            for function, *args in jobs:
-                function(*args)
+            draw_here(jobs)
             return []
         return [self.threads.submit(self._run, job) for job in jobs]
 
@@ -299,6 +298,12 @@ def _receive(server) -> tuple:
     if len(header) < 8:
         return "died", f"the plotting process exited (code {server.poll()})"
     return pickle.loads(server.stdout.read(int.from_bytes(header, "little")))
+
+
+def draw_here(jobs: list[tuple]) -> None:
+    """Draw (function, *args) jobs one after another in this process."""
+    for function, *args in jobs:
+        function(*args)
 
 
 def wait_all(futures: list) -> None:
