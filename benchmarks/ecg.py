@@ -144,6 +144,7 @@ def gpu_section(args, path: Path, report: dict) -> dict | None:
     print(f"GPU cold run: {time.perf_counter() - started:.1f} s (JIT, cuFFT plans, cuDNN)")
     warm = run(cp, args, path, out, args.epochs)
     print(f"GPU warm: {json.dumps({k: round(v, 4) for k, v in warm.seconds.items()})}")
+    print(f"GPU figures, seconds each in its process: {_rounded(warm.figures)}")
     print(f"GPU AUROC: {warm.auroc['held_out']}", flush=True)
     counted = run(cp, args, path, out, args.epochs, count_transfers=True)
     transfers = counted.transfers
@@ -154,9 +155,13 @@ def gpu_section(args, path: Path, report: dict) -> dict | None:
         "auroc": warm.auroc, "device_to_host_copies": transfers.device_to_host,
         "device_to_host_bytes": transfers.device_to_host_bytes,
         "profiled_kernels": transfers.kernels, "samples": warm.samples,
-        "beats": len(warm.frame),
+        "beats": len(warm.frame), "figure_seconds": warm.figures,
     }  # fmt: skip
     return {"result": warm}
+
+
+def _rounded(seconds: dict) -> str:
+    return json.dumps({k: round(v, 3) for k, v in seconds.items()})
 
 
 def cpu_section(args, path: Path, report: dict):
@@ -176,6 +181,7 @@ def cpu_section(args, path: Path, report: dict):
         print(f"CPU: trained {epochs} epochs, training time scaled to {args.epochs}")
     rounded = {k: round(v, 3) for k, v in seconds.items()}
     print(f"CPU ({args.threads} threads): {json.dumps(rounded)}")
+    print(f"CPU figures, seconds each in its process: {_rounded(result.figures)}")
     print(f"CPU AUROC: {result.auroc['held_out']}", flush=True)
     report["cpu"] = {"seconds": seconds, "auroc": result.auroc, "epochs_run": epochs,
                      "threads": args.threads}  # fmt: skip

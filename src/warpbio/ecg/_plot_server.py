@@ -1,9 +1,10 @@
 """A plotting process of :class:`warpbio.ecg.plots.PlotWorkers`: imports pyplot (Agg)
 once, then draws the (function, *args) jobs that arrive on stdin as length-prefixed
-pickles, answering each with ("done", None) or ("error", traceback) on stdout."""
+pickles, answering each with ("done", seconds drawing) or ("error", traceback) on stdout."""
 
 import pickle
 import sys
+import time
 import traceback
 
 
@@ -21,8 +22,9 @@ def serve(requests, replies) -> None:
             return
         try:
             function, *args = pickle.loads(requests.read(int.from_bytes(header, "little")))
+            started = time.perf_counter()
             function(*args)
-            _send(replies, ("done", None))
+            _send(replies, ("done", time.perf_counter() - started))
         except Exception:
             _send(replies, ("error", traceback.format_exc()))
 

@@ -383,14 +383,14 @@ def plot_jobs(frame, vectors, excerpts, auroc_value, window, paths: dict) -> lis
     ]  # fmt: skip
 
 
-def draw(jobs: list[tuple], workers=None) -> None:
-    """Draw the jobs here, or through ``workers`` (waits for all of them)."""
+def draw(jobs: list[tuple], workers=None) -> list[float]:
+    """Draw the jobs here, or through ``workers`` (waits for all of them); returns
+    each figure's drawing seconds (none when the workers fell back to this process)."""
     from warpbio.ecg.plots import draw_here, wait_all
 
     if workers is None:
-        draw_here(jobs)
-    else:
-        wait_all(workers.draw(jobs))
+        return draw_here(jobs)
+    return wait_all(workers.draw(jobs))
 
 
 # --------------------------------------------------------------------------
@@ -411,6 +411,7 @@ class PipelineResult:
     samples: int
     transfers: Any = None  # TransferCount of the device stages (GPU with count_transfers)
     peaks: dict[str, np.ndarray] = field(default_factory=dict)
+    figures: dict[str, float] = field(default_factory=dict)  # drawing seconds of each
 
 
 def run_pipeline(
@@ -433,6 +434,7 @@ def run_pipeline(
     from warpbio.ecg.transfers import count_device_to_host
 
     seconds: dict[str, float] = {}
+    figures: dict[str, float] = {}
 
     def clock(name, started):
         _synchronize(xp)
@@ -513,11 +515,9 @@ def run_pipeline(
                 from warpbio.ecg.plots import wait_all
 
                 started = time.perf_counter()
-                if pending is None:
-                    draw(jobs)
-                else:
-                    wait_all(pending)
+                drawn = draw(jobs) if pending is None else wait_all(pending)
                 clock("plots", started)
+                figures = {job[0].__name__: t for job, t in zip(jobs, drawn, strict=False)}
         result = PipelineResult(
             seconds=seconds,
             frame=frame,
@@ -525,6 +525,7 @@ def run_pipeline(
             samples=sum(r.n_samples for r in recordings),
             transfers=transfers if count_transfers and xp is not np else None,
             peaks={item.recording.name: item.peaks.to_host() for item in segmented},
+            figures=figures,
         )
     seconds["end to end"] = time.perf_counter() - begin  # the plotting processes' exit too
     return result
