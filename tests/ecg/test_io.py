@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from warpbio.device import gpu_available
 from warpbio.ecg.io import (
     EcgInputError,
     SheetRow,
@@ -19,6 +20,22 @@ from .conftest import MITDB
 FS = 250.0
 
 
+@pytest.fixture(params=["host", pytest.param("device", marks=pytest.mark.gpu)])
+def xp(request):
+    """CSV readers on the host (pyarrow) and, on a GPU, the device parser."""
+    if request.param == "host":
+        return np
+    if not gpu_available():
+        pytest.skip("needs a CUDA GPU and CuPy")
+    import cupy
+
+    return cupy
+
+
+def host(array):
+    return array.get() if hasattr(array, "get") else array
+
+
 @pytest.fixture
 def leads():
     rng = np.random.default_rng(0)
@@ -30,35 +47,36 @@ def write(path, text):
     return path
 
 
-def test_csv_header_time_column_and_lead_by_name(tmp_path, leads):
+def test_csv_header_time_column_and_lead_by_name(tmp_path, leads, xp):
     rows = [f"{i / FS:.4f},{a},{b}" for i, (a, b) in enumerate(leads)]
     path = write(tmp_path / "a.csv", "time,MLII,V5\n" + "\n".join(rows) + "\n")
-    recording = read_csv_recording(path, lead="v5")  # names match case-insensitively
-    np.testing.assert_array_equal(recording.signal, leads[:, 1])
+    recording = read_csv_recording(path, lead="v5", xp=xp)  # names match case-insensitively
+    np.testing.assert_array_equal(host(recording.signal), leads[:, 1])
     assert recording.fs == pytest.approx(FS, rel=1e-6) and recording.lead == "V5"
-    assert read_csv_recording(path, fs=FS).lead == "MLII"  # first signal, not the time
+    assert recording.meta["parser"] == ("pyarrow" if xp is np else "device")
+    assert read_csv_recording(path, fs=FS, xp=xp).lead == "MLII"  # first signal, not the time
 
 
-def test_csv_without_header_multi_column_by_index(tmp_path, leads):
+def test_csv_without_header_multi_column_by_index(tmp_path, leads, xp):
     rows = [f"{a};{b}" for a, b in leads]
     path = write(tmp_path / "b.csv", "\n".join(rows) + "\n")
-    recording = read_csv_recording(path, fs=FS, lead=1)
-    np.testing.assert_array_equal(recording.signal, leads[:, 1])
+    recording = read_csv_recording(path, fs=FS, lead=1, xp=xp)
+    np.testing.assert_array_equal(host(recording.signal), leads[:, 1])
     assert recording.meta["header"] is False and recording.signal.dtype == np.float32
 
 
-def test_csv_single_column_with_header_no_time(tmp_path, leads):
+def test_csv_single_column_with_header_no_time(tmp_path, leads, xp):
     path = write(tmp_path / "c.csv", "ecg\n" + "\n".join(str(v) for v in leads[:, 0]) + "\n")
-    recording = read_csv_recording(path, fs=FS)
-    np.testing.assert_array_equal(recording.signal, leads[:, 0])
+    recording = read_csv_recording(path, fs=FS, xp=xp)
+    np.testing.assert_array_equal(host(recording.signal), leads[:, 0])
 
 
-def test_csv_tab_separated_time_column_without_header(tmp_path, leads):
+def test_csv_tab_separated_time_column_without_header(tmp_path, leads, xp):
     rows = [f"{i / FS}\t{a}" for i, a in enumerate(leads[:, 0])]
     path = write(tmp_path / "d.tsv", "\n".join(rows) + "\n")
-    recording = read_csv_recording(path, lead=1, time_column=0)
+    recording = read_csv_recording(path, lead=1, time_column=0, xp=xp)
     assert recording.fs == pytest.approx(FS)
-    np.testing.assert_array_equal(recording.signal, leads[:, 0])
+    np.testing.assert_array_equal(host(recording.signal), leads[:, 0])
 
 
 @pytest.mark.parametrize(
@@ -69,18 +87,21 @@ def test_csv_tab_separated_time_column_without_header(tmp_path, leads):
         ("nan", "non-finite value nan in row 3 (line 4), column 'MLII'"),
     ],
 )
-def test_csv_bad_cell_names_row_and_column(tmp_path, cell, expected):
+def test_csv_bad_cell_names_row_and_column(tmp_path, cell, expected, xp):
     path = write(tmp_path / "bad.csv", f"MLII,V5\n0.1,1\n0.2,2\n{cell},3\n0.4,4\n")
     with pytest.raises(EcgInputError, match=r"bad\.csv") as error:
-        read_csv_recording(path, fs=FS)
+        read_csv_recording(path, fs=FS, xp=xp)
     assert expected in str(error.value)
 
 
-def test_csv_wrong_and_missing_sampling_rate(tmp_path, leads):
+def test_csv_wrong_and_missing_sampling_rate(tmp_path, leads, xp):
     rows = [f"{i / FS:.5f},{a}" for i, a in enumerate(leads[:, 0])]
     path = write(tmp_path / "t.csv", "time,ecg\n" + "\n".join(rows) + "\n")
     with pytest.raises(EcgInputError, match="wrong sampling rate: fs = 360 Hz but the time"):
-        read_csv_recording(path, fs=360.0)
+        read_csv_recording(path, fs=360.0, xp=xp)
+    unsorted = write(tmp_path / "s.csv", "time,ecg\n" + "\n".join(rows[:3] + rows[5:] + rows[3:5]))
+    with pytest.raises(EcgInputError, match="time column does not increase at row 499"):
+        read_csv_recording(unsorted, xp=xp)
     plain = write(tmp_path / "p.csv", "\n".join(str(v) for v in leads[:, 0]) + "\n")
     with pytest.raises(EcgInputError, match=r"missing sampling rate.*set fs"):
         read_csv_recording(plain)

@@ -1,10 +1,12 @@
 """ECG recordings in: CSV, WFDB and EDF/EDF+, one lead each; sample sheets.
 
 Every reader returns a :class:`Recording` whose signal is float32 on the
-backend's array module: parsing happens on the host (pyarrow's multi-threaded
-CSV reader, ``wfdb``, ``pyedflib``), or with cuDF on the GPU when it is
-importable, and the selected lead then goes to the device in ONE host-to-device
-copy. Every problem found in a file stops with :class:`EcgInputError`, whose
+backend's array module. On a GPU a CSV is parsed there: with cuDF when it is
+importable, else the file's bytes go to the device and our kernel converts the
+cells (:mod:`warpbio.ecg.csv_kernels`; ``WARPBIO_ECG_CSV_PARSER=pyarrow`` turns it
+off). Otherwise parsing happens on the host (pyarrow's multi-threaded CSV reader,
+``wfdb``, ``pyedflib``) and the selected lead then goes to the device in ONE
+host-to-device copy. Every problem found in a file stops with :class:`EcgInputError`, whose
 one-line message names the file, the problem and the fix.
 """
 
@@ -324,16 +326,17 @@ def _csv_error(path, layout: CsvLayout, columns: dict[str, int], error) -> EcgIn
     return EcgInputError(f"{path}: {text.splitlines()[0]}; fix the file")
 
 
-def fs_from_time(time: np.ndarray, path) -> float:
-    steps = np.diff(time)
-    if steps.size == 0:
+def fs_from_time(time, path) -> float:
+    """Rate from a time column (NumPy or CuPy: only scalars come back to the host)."""
+    if time.shape[0] < 2:
         raise EcgInputError(f"{path}: one sample only; a recording needs at least one beat")
-    if np.any(steps <= 0):
-        row = int(np.flatnonzero(steps <= 0)[0]) + 2
+    if not bool((time[1:] > time[:-1]).all()):
+        time = time.get() if hasattr(time, "get") else time
+        row = int(np.flatnonzero(np.diff(time) <= 0)[0]) + 2
         raise EcgInputError(
             f"{path}: time column does not increase at row {row}; sort the rows by time"
         )
-    return float((time.size - 1) / (time[-1] - time[0]))
+    return float((time.shape[0] - 1) / (float(time[-1]) - float(time[0])))
 
 
 def resolve_fs(given: float | None, from_file: float | None, path, source: str) -> float:
@@ -383,31 +386,59 @@ def read_csv_recording(
         if lead_index == time_index:
             raise EcgInputError(f"{path}: lead {lead!r} is the time column; choose a signal column")
     columns = {"lead": lead_index} | ({"time": time_index} if time_index is not None else {})
-    cudf = _cudf() if xp is not np else None
-    if cudf is not None:
-        arrays = _read_with_cudf(cudf, path, layout, columns)
-    else:
-        arrays = read_csv_columns(path, layout, columns)
+    arrays, parser = _read_csv_arrays(path, layout, columns, xp)
     from_time = None
     if "time" in arrays:
-        time = arrays.pop("time")
-        time = time.get() if hasattr(time, "get") else time  # cuDF path: a time check
-        from_time = fs_from_time(time, path)
+        from_time = fs_from_time(arrays.pop("time"), path)
     rate = resolve_fs(fs, from_time, path, "time column")
     signal = arrays["lead"]
-    log.info(
-        "%s: %d samples of lead %r at %g Hz (%s)",
-        path, signal.shape[0], layout.names[lead_index], rate,
-        "cuDF" if cudf is not None else "pyarrow",
-    )  # fmt: skip
+    log.info("%s: %d samples of lead %r at %g Hz (%s)", path, signal.shape[0],
+             layout.names[lead_index], rate, parser)  # fmt: skip
     return Recording(
         name=name or path.stem,
-        signal=xp.asarray(signal, dtype=xp.float32),  # the one host-to-device copy
+        # host parsers: the one host-to-device copy (device parsers: already there)
+        signal=xp.asarray(signal, dtype=xp.float32),
         fs=rate,
         lead=layout.names[lead_index],
         path=str(path),
-        meta={"parser": "cudf" if cudf is not None else "pyarrow", "header": layout.header},
+        meta={"parser": parser, "header": layout.header},
     )
+
+
+def _read_csv_arrays(path, layout: CsvLayout, columns: dict[str, int], xp) -> tuple[dict, str]:
+    """The selected columns and the parser that read them: cuDF when importable, else
+    our device parser on a GPU (pyarrow for files outside its grammar), else pyarrow."""
+    import os
+
+    if xp is not np:
+        cudf = _cudf()
+        if cudf is not None:
+            return _read_with_cudf(cudf, path, layout, columns), "cuDF"
+        if os.environ.get("WARPBIO_ECG_CSV_PARSER", "auto").lower() != "pyarrow":
+            arrays = _read_on_device(path, layout, columns)
+            if arrays is not None:
+                return arrays, "device"
+    return read_csv_columns(path, layout, columns), "pyarrow"
+
+
+def _read_on_device(path, layout: CsvLayout, columns: dict[str, int]) -> dict | None:
+    """Bytes to the GPU, cells converted there (:mod:`warpbio.ecg.csv_kernels`); None
+    when a row is outside the parser's grammar (pyarrow then parses or reports it)."""
+    from warpbio.ecg.csv_kernels import file_to_device, parse_rows
+
+    offset = 0
+    if layout.header:
+        with open(path, "rb") as handle:
+            offset = len(handle.readline())
+    data = file_to_device(path, offset)
+    lead, time, bad = parse_rows(data, len(layout.names), layout.delimiter, columns["lead"],
+                                 columns.get("time", -1))  # fmt: skip
+    del data
+    if bad >= 0:
+        log.info("%s: line %d is outside the device parser's grammar; parsing with pyarrow",
+                 path, bad + 1 + layout.header)  # fmt: skip
+        return None
+    return {"lead": lead} | ({"time": time} if time is not None else {})
 
 
 def _cudf():
