@@ -48,13 +48,22 @@ def write(path, text):
 
 
 def test_csv_header_time_column_and_lead_by_name(tmp_path, leads, xp):
-    rows = [f"{i / FS:.4f},{a},{b}" for i, (a, b) in enumerate(leads)]
+    rows = [f"{i / FS:.4f},{a:.3f},{b:.3f}" for i, (a, b) in enumerate(leads)]
     path = write(tmp_path / "a.csv", "time,MLII,V5\n" + "\n".join(rows) + "\n")
     recording = read_csv_recording(path, lead="v5", xp=xp)  # names match case-insensitively
     np.testing.assert_array_equal(host(recording.signal), leads[:, 1])
     assert recording.fs == pytest.approx(FS, rel=1e-6) and recording.lead == "V5"
     assert recording.meta["parser"] == ("pyarrow" if xp is np else "device")
     assert read_csv_recording(path, fs=FS, xp=xp).lead == "MLII"  # first signal, not the time
+
+
+def test_csv_with_long_numbers_reads_the_same_through_pyarrow(tmp_path, leads, xp):
+    """17-digit cells are outside the device parser's grammar: pyarrow takes the file."""
+    rows = [f"{i / FS:.4f},{float(a)!r}" for i, a in enumerate(leads[:, 0])]
+    path = write(tmp_path / "long.csv", "time,MLII\n" + "\n".join(rows) + "\n")
+    recording = read_csv_recording(path, xp=xp)
+    np.testing.assert_array_equal(host(recording.signal), leads[:, 0])
+    assert recording.meta["parser"] == "pyarrow"
 
 
 def test_csv_without_header_multi_column_by_index(tmp_path, leads, xp):
