@@ -248,7 +248,7 @@ def parse_rows(data, n_fields: int, delimiter: str, lead_field: int, time_field:
     return lead, (time if time_field >= 0 else None), (-1 if bad >= n_rows else bad)
 
 
-def file_to_device(path, offset: int = 0, chunk_bytes: int = 32 << 20, workers: int = 4):
+def file_to_device(path, offset: int = 0, chunk_bytes: int = 8 << 20, workers: int = 8):
     """The bytes of ``path`` from ``offset`` on as a CuPy uint8 array.
 
     Threads read chunks (``os.preadv``, GIL released) into their own page-locked

@@ -50,9 +50,9 @@ class VaeSettings:
     train_fraction: float = 0.75
     score: str = "elbo"  # elbo | reconstruction
     compile: bool = False  # torch.compile the model (GPU runs)
-    # GPU: replay one captured training step per batch. Opt-in until it has run on a
-    # GPU (tests/ecg/test_gpu.py::test_graphed_training_equals_eager_training)
-    cuda_graphs: bool = False
+    # GPU: replay one captured training step per batch (bit-identical to eager with
+    # deterministic cuDNN: tests/ecg/test_gpu.py::test_graphed_training_equals_eager_training)
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:
