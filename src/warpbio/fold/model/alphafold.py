@@ -71,7 +71,9 @@ class EmbeddingsAndEvoformer(Embedder):
             "single": self.single_activations(msa[0]),
             "pair": pair,
             "msa": msa,
-            "msa_first_row": msa[0],
+            # a copy: a view would keep the whole float32 MSA alive into the next
+            # recycle (2 GiB at 4,000 residues)
+            "msa_first_row": msa[0].clone(),
         }
 
 

@@ -36,7 +36,9 @@ class Linear(nn.Module):
         out = torch.matmul(x, self.weights)
         if self.bias is None:
             return out
-        if not torch.is_grad_enabled() and out.dtype == torch.result_type(out, self.bias):
+        if not torch.is_grad_enabled() and out.dtype == torch.promote_types(
+            out.dtype, self.bias.dtype
+        ):
             return out.add_(self.bias)  # the same sum without a second copy of the output
         return out + self.bias
 
