@@ -223,57 +223,138 @@ def parameter_count(config: ModelConfig, blocks: int) -> int:
 
 
 def live_tensor_bytes(workload: Workload, config: ModelConfig | None = None) -> dict[str, float]:
-    """Bytes of the tensors that make up the peak, by name (persistent ones, then
-    the largest transient of each module); :func:`activation_bytes` sums them."""
+    """Bytes of the tensors that make up the peak, by name: the persistent ones, then
+    those of the phase with the largest total (``phase:part``); :func:`activation_bytes`
+    sums them. Measured per tensor with tests/fold/memory_trace.py (a CPU run's live
+    storages, extrapolated in N): under autocast a module's update is float32 (its
+    bias add promotes), so each full-size update is [N, N, z] float32 whatever the
+    stream's dtype."""
     cfg = config or ModelConfig()
+    n, s, z = workload.num_res, workload.msa_clusters, cfg.pair_channel
+    a, w = DTYPE_BYTES[workload.dtype], 4
+    n2 = float(n) * n
+    features = (
+        workload.iterations * n * (s * MSA_FEAT_BYTES + workload.extra_msa * EXTRA_FEAT_BYTES)
+    )
+    persistent = {
+        "parameters": parameter_count(cfg, workload.blocks) * (w + (a if a < w else 0)),
+        "features": float(features),
+        # the first iteration's previous pair is a broadcast zero (no memory)
+        "recycled_pair": n2 * z * w if workload.recycles > 0 else 0.0,
+    }
+    phases = {
+        "embedding": _embedding_phase(workload, cfg),
+        **{f"stack:{k}": v for k, v in _stack_phases(workload, cfg).items()},
+        "structure": _structure_phase(workload, cfg),
+        "heads": _heads_phase(workload, cfg),
+    }
+    largest = max(phases, key=lambda name: sum(phases[name].values()))
+    return {**persistent, **{f"{largest}:{k}": v for k, v in phases[largest].items()}}
+
+
+def _rows(workload: Workload, dimension: int) -> int:
+    """Rows of one chunk over an axis of this size."""
+    return min(workload.chunk_size or dimension, dimension)
+
+
+def _embedding_phase(workload: Workload, cfg: ModelConfig) -> dict[str, float]:
+    """Input embedding (float32): the pair is built in row chunks; one chunk holds the
+    pair rows, the linear outputs and the relative-position one-hot (int64, then
+    float32, 65 classes)."""
+    n, w, z = workload.num_res, 4, cfg.pair_channel
+    classes = 2 * cfg.max_relative_feature + 1
+    rows = _rows(workload, n) * float(n)
+    return {
+        "pair": float(n) * n * z * w,
+        "msa": 2.0 * workload.msa_clusters * n * cfg.msa_channel * w,
+        "chunk": rows * (3 * z * w + classes * (8 + w) + cfg.prev_pos_num_bins * w),
+    }
+
+
+def _stack_phases(workload: Workload, cfg: ModelConfig) -> dict[str, dict[str, float]]:
+    """Each Evoformer / extra-MSA module at its peak: the streams, its full-size
+    float32 update and its own intermediates (chunked where the engine chunks)."""
     n, s, e = workload.num_res, workload.msa_clusters, workload.extra_msa
     c, ce, z = cfg.msa_channel, cfg.extra_msa_channel, cfg.pair_channel
     t, o, f = cfg.triangle_multiplication_channel, cfg.outer_product_channel, cfg.transition_factor
-    a, w = DTYPE_BYTES[workload.dtype], 4  # module internals, float32 tensors
+    a, w = DTYPE_BYTES[workload.dtype], 4
     r = 2 if workload.bf16_streams else w  # the stacks' residual streams
     n2 = float(n) * n
+    chunked = workload.chunk_size is not None and workload.chunk_size < n
     # logits, clamped, softmax on the reference path; SDPA's float mask; none with
     # the flash kernel on a GPU (its CPU twin makes them: CPU memory is not planned)
     logit_copies = {"sdpa": 1, "flash": 0}.get(workload.attention, 3)
 
-    def rows(dimension: int) -> int:
-        return min(workload.chunk_size or dimension, dimension)
-
     def attention(batch: int, length: int, channel: int, heads: int) -> float:
-        per_chunk = rows(batch)
+        per_chunk = _rows(workload, batch)
         logits = logit_copies * heads * per_chunk * float(length) ** 2 * a
-        projections = 5.0 * per_chunk * length * channel * a
-        return float(batch) * length * channel * a + logits + projections
+        return float(batch) * length * channel * r + logits + 5.0 * per_chunk * length * channel * a
 
+    pair_rows = _rows(workload, n) * float(n)
+    if chunked:  # the shared operand whole, channel-first; each row block's own parts
+        multiplication = n2 * t * a + pair_rows * (z * a + 4 * t * w + 2 * z * w)
+    else:  # the fused kernel: five projections, left/right, product and its norm
+        multiplication = n2 * (4 * t + z) * a + 4 * n2 * t * a
     transients = {
+        "triangle_multiplication": multiplication,
         "triangle_attention": attention(n, n, z, cfg.triangle_attention_num_head)
         + cfg.triangle_attention_num_head * n2 * a,
-        "triangle_multiplication": n2 * (2 * z + 4 * t) * a,
-        "pair_transition": n2 * z * a + 2.0 * rows(n) * n * f * z * a,
-        "msa_row_attention": attention(s, n, c, cfg.msa_row_num_head)
-        + cfg.msa_row_num_head * n2 * a,
-        "msa_column_attention": attention(n, s, c, cfg.msa_column_num_head),
-        "msa_transition": float(s) * n * c * a + 2.0 * rows(s) * n * f * c * a,
+        "pair_transition": pair_rows * (z * r + 2 * f * z * a),
         "outer_product_mean": 3.0 * s * n * max(c, o) * a
-        + rows(n) * float(n) * (o * o + z) * a
-        + 2 * n2 * z * w,
-        "extra_row_attention": attention(e, n, ce, cfg.msa_row_num_head)
-        + cfg.msa_row_num_head * n2 * a,
-        "heads": 3.0 * n2 * (cfg.distogram_num_bins + cfg.pae_num_bins) * w,
+        + pair_rows * (2 * o * o * a + z * w)
+        + n2 * w,
+        "msa_row_attention": n2 * z * r
+        + cfg.msa_row_num_head * n2 * a
+        + attention(s, n, c, cfg.msa_row_num_head),
+        "msa_column_attention": attention(n, s, c, cfg.msa_column_num_head),
+        "msa_transition": float(s) * n * c * r + 2.0 * _rows(workload, s) * n * f * c * a,
+        "extra_row_attention": n2 * z * r
+        + cfg.msa_row_num_head * n2 * a
+        + attention(e, n, ce, cfg.msa_row_num_head),
     }
-    largest = max(transients, key=transients.__getitem__)
-    features = workload.iterations * n * (s * MSA_FEAT_BYTES + e * EXTRA_FEAT_BYTES)
-    residual_copies = 1 if workload.inplace else 2  # new pair beside the old and update
-    return {
-        "parameters": parameter_count(cfg, workload.blocks) * (w + (a if a < w else 0)),
-        "features": float(features),
-        "pair": n2 * z * r * (1 + residual_copies),
-        "recycled_pair": n2 * z * w,
-        "msa": float(s) * n * c * r * 2,  # MSA and the previous iteration's representation
+    msa_updates = {"msa_row_attention", "msa_column_attention", "msa_transition"}
+    streams = {
+        "pair": n2 * z * r * (1 if workload.inplace else 2),
+        "msa": float(s) * n * c * r,
         "extra_msa": float(e) * n * ce * r,
-        "previous_outputs": n2 * (cfg.distogram_num_bins + cfg.pae_num_bins) * w
-        + float(s) * n * cfg.masked_msa_num_output * w,
-        f"transient:{largest}": transients[largest],
+    }
+    return {
+        name: {
+            **streams,
+            "update": float(s) * n * c * w if name in msa_updates else n2 * z * w,
+            "intermediates": value,
+        }
+        for name, value in transients.items()
+    }
+
+
+def _structure_phase(workload: Workload, cfg: ModelConfig) -> dict[str, float]:
+    """Structure module (float32): the pair and MSA representations, and the
+    invariant point attention's point distances [h, q, k, p, 3] (two copies), its
+    logits and the normalized pair, per chunk of query rows when chunked."""
+    n, w, st = workload.num_res, 4, cfg.structure
+    chunked = workload.chunk_size is not None and workload.chunk_size < n
+    rows = _rows(workload, n) * float(n)
+    per_query_row = st.num_head * (2 * 3 * st.num_point_qk + 4) * w + cfg.pair_channel * w
+    return {
+        "pair": float(n) * n * cfg.pair_channel * w,
+        "msa": float(workload.msa_clusters) * n * cfg.msa_channel * w,
+        "normalized_pair": 0.0 if chunked else float(n) * n * cfg.pair_channel * w,
+        "attention": rows * per_query_row,
+    }
+
+
+def _heads_phase(workload: Workload, cfg: ModelConfig) -> dict[str, float]:
+    """Output heads: distogram and PAE logits beside the representations, with the
+    expectations over the bins (softmax and weighted bins) in 256-row chunks."""
+    n, w = workload.num_res, 4
+    bins = cfg.distogram_num_bins
+    pae = cfg.pae_num_bins * cfg.ptm
+    return {
+        "pair": float(n) * n * cfg.pair_channel * w,
+        "msa": float(workload.msa_clusters) * n * (cfg.msa_channel + cfg.masked_msa_num_output) * w,
+        "logits": float(n) * n * max(2 * bins, bins + pae) * w,
+        "expectations": 2.0 * min(256, n) * n * max(pae, 1) * w,
     }
 
 

@@ -51,7 +51,7 @@ class EmbeddingsAndEvoformer(Embedder):
         self.single_activations = Linear(config.msa_channel, config.seq_channel)
 
     def forward(self, batch: Batch, prev: Batch, plan: Plan = REFERENCE, on_block=None):
-        msa, pair = self.input_embedding(batch, prev)
+        msa, pair = self.input_embedding(batch, prev, plan.chunk_size)
         seq_mask = batch["seq_mask"]
         pair_mask = seq_mask[:, None] * seq_mask[None, :]
         extra = self.extra_msa_embedding(batch)
@@ -71,7 +71,9 @@ class EmbeddingsAndEvoformer(Embedder):
             "single": self.single_activations(msa[0]),
             "pair": pair,
             "msa": msa,
-            "msa_first_row": msa[0],
+            # a copy: a view would keep the whole float32 MSA alive into the next
+            # recycle (2 GiB at 4,000 residues)
+            "msa_first_row": msa[0].clone(),
         }
 
 
@@ -93,7 +95,11 @@ class AlphaFoldIteration(nn.Module):
     def forward(self, batch: Batch, prev: Batch, plan: Plan = REFERENCE, on_block=None):
         reps = self.evoformer(batch, prev, plan, on_block)
         structure = self.structure_module(
-            reps["single"], reps["pair"], batch["seq_mask"], batch["aatype"].long()
+            reps["single"],
+            reps["pair"],
+            batch["seq_mask"],
+            batch["aatype"].long(),
+            plan.chunk_size,
         )
         out = {
             "representations": reps,
@@ -130,7 +136,8 @@ class AlphaFold(nn.Module):
         return {
             "prev_pos": torch.zeros(num_res, 37, 3, **zeros),
             "prev_msa_first_row": torch.zeros(num_res, cfg.msa_channel, **zeros),
-            "prev_pair": torch.zeros(num_res, num_res, cfg.pair_channel, **zeros),
+            # a broadcast zero: no [N, N, z] float32 block (7.6 GiB at 4,000 residues)
+            "prev_pair": torch.zeros((), **zeros).expand(num_res, num_res, cfg.pair_channel),
         }
 
     def forward(

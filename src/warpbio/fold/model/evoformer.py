@@ -176,7 +176,7 @@ class TriangleMultiplication(nn.Module):
 
     def update(self, pair, pair_mask, plan: Plan = REFERENCE):
         """The update in PyTorch: the reference arithmetic on the default plan; else
-        row-chunked, optionally with the five projections as one GEMM."""
+        row-chunked, optionally with each side's projection and gate as one GEMM."""
         if plan.fused or plan.chunks(pair.shape[0]):
             return self._chunked_update(pair, pair_mask, plan)
         mask = pair_mask.unsqueeze(-1)
@@ -192,69 +192,62 @@ class TriangleMultiplication(nn.Module):
         out = self.output_projection(out)
         return out * torch.sigmoid(self.gating_linear(act))
 
-    def _fused_weights(self):
-        layers = (
-            self.left_projection,
-            self.right_projection,
-            self.left_gate,
-            self.right_gate,
-            self.gating_linear,
-        )
-        weights = concatenated(self, "weights", [layer.weights for layer in layers])
-        biases = concatenated(self, "biases", [layer.bias for layer in layers])
-        return weights, biases
-
-    def _gated_rows(self, act_rows, mask_rows, plan: Plan):
-        """Masked, gated left and right projections of some rows, side by side
-        [rows, N, 2c], plus the output gate logits [rows, N, z] when fused."""
+    def _gated(self, act, mask, side: str, plan: Plan):
+        """mask * projection(act) * sigmoid(gate(act)) of one side ("left"/"right");
+        fused: both projections as one GEMM and the gate in one pass."""
+        projection, gate = getattr(self, f"{side}_projection"), getattr(self, f"{side}_gate")
         if not plan.fused:
-            mask = mask_rows.unsqueeze(-1)
-            left = mask * self.left_projection(act_rows) * torch.sigmoid(self.left_gate(act_rows))
-            right = mask * self.right_projection(act_rows)
-            right = right * torch.sigmoid(self.right_gate(act_rows))
-            return torch.cat([left, right], dim=-1)
-        weights, biases = self._fused_weights()
-        c = self.left_projection.weights.shape[1]
-        proj = torch.matmul(act_rows, weights) + biases
-        left, right, left_gate, right_gate, out_gate = proj.split(
-            [c, c, c, c, proj.shape[-1] - 4 * c], dim=-1
-        )
-        return torch.cat(
-            [
-                kernels.sigmoid_gate(left, left_gate, mask_rows),
-                kernels.sigmoid_gate(right, right_gate, mask_rows),
-                out_gate,
-            ],
-            dim=-1,
-        )
+            return mask.unsqueeze(-1) * projection(act) * torch.sigmoid(gate(act))
+        weights = concatenated(self, f"{side}_weights", [projection.weights, gate.weights])
+        biases = concatenated(self, f"{side}_biases", [projection.bias, gate.bias])
+        value, logits = (torch.matmul(act, weights) + biases).chunk(2, dim=-1)
+        return kernels.sigmoid_gate(value, logits, mask)
+
+    def _output_gate(self, out, act, plan: Plan):
+        logits = self.gating_linear(act)
+        if plan.fused:
+            return kernels.sigmoid_gate(out, logits)
+        multiply = torch.Tensor.mul_ if plan.inplace else torch.mul
+        return multiply(out, torch.sigmoid(logits))
 
     def _chunked_update(self, pair, pair_mask, plan: Plan):
-        """Output rows i in chunks: a row block's products need all of the other
-        operand, which is made once (channel-first) and shared by the blocks."""
-        act = self.layer_norm_input(pair)
-        c = self.left_projection.weights.shape[1]
+        """Output rows i in chunks. A row block's products need all of the other
+        operand: only that one is made whole (channel-first [c, N, N], from chunks
+        of pair rows, stored in the dtype the matmul reads); the block's own operand
+        and output gate come from its own pair rows (outgoing) or columns
+        (incoming). Nothing of [N, N, 2c + z] (23 GiB at 4,000 residues) is kept."""
+        norm = self.layer_norm_input
+        dtype = _matmul_dtype(pair)
+        shared_side, own_side = ("right", "left") if self.outgoing else ("left", "right")
 
-        def gated(act_rows, mask_rows):
-            return self._gated_rows(act_rows, mask_rows, plan)
+        def shared_rows(pair_rows, mask_rows):  # outgoing right[j, k] -> [c, k, j]
+            gated = self._gated(norm(pair_rows), mask_rows, shared_side, plan).to(dtype)
+            return gated.permute(2, 1, 0) if self.outgoing else gated.permute(2, 0, 1)
 
-        inputs = chunked(gated, [act, pair_mask], [], plan.chunk_size)
-        left, right, out_gate = inputs[..., :c], inputs[..., c : 2 * c], inputs[..., 2 * c :]
-        # prod[i, j] = sum_k rows[i, :, k] * cols[:, k, j] per channel
-        if self.outgoing:  # left[i, k], right[j, k]
-            rows, cols = left.permute(0, 2, 1), right.permute(2, 1, 0).contiguous()
-        else:  # right[k, i], left[k, j]
-            rows, cols = right.permute(1, 2, 0), left.permute(2, 0, 1).contiguous()
-        multiply = torch.Tensor.mul_ if plan.inplace else torch.mul
+        out_dim = 2 if self.outgoing else 1  # incoming left[k, j] -> [c, k, j]
+        cols = chunked(shared_rows, [pair, pair_mask], [], plan.chunk_size, out_dim=out_dim)
+        cols = cols.contiguous()
+        own_pair, own_mask = (
+            (pair, pair_mask)
+            if self.outgoing
+            else (pair.transpose(0, 1), pair_mask.transpose(0, 1))
+        )
 
-        def block(row_block, gate_source):
-            prod = torch.matmul(row_block.transpose(0, 1), cols)  # [c, rows, N]
+        def block(pair_rows, own_rows, own_mask_rows):
+            act_rows = norm(pair_rows)
+            own_act = act_rows if self.outgoing else norm(own_rows)
+            own = self._gated(own_act, own_mask_rows, own_side, plan).permute(2, 0, 1)
+            prod = torch.matmul(own, cols)  # [c, rows, N] = sum_k own[i, k] cols[k, j]
             out = self.output_projection(self.center_layer_norm(prod.permute(1, 2, 0)))
-            if plan.fused:
-                return kernels.sigmoid_gate(out, gate_source)
-            return multiply(out, torch.sigmoid(self.gating_linear(gate_source)))
+            return self._output_gate(out, act_rows, plan)
 
-        gate_source = out_gate if plan.fused else act
-        return chunked(block, [rows, gate_source], [], plan.chunk_size)
+        return chunked(block, [pair, own_pair, own_mask], [], plan.chunk_size)
+
+
+def _matmul_dtype(like: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul on ``like``'s device reads: autocast's, else float32."""
+    device = like.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
 
 
 class TriangleAttention(nn.Module):

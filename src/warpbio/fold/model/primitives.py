@@ -34,7 +34,13 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.matmul(x, self.weights)
-        return out + self.bias if self.bias is not None else out
+        if self.bias is None:
+            return out
+        if not torch.is_grad_enabled() and out.dtype == torch.promote_types(
+            out.dtype, self.bias.dtype
+        ):
+            return out.add_(self.bias)  # the same sum without a second copy of the output
+        return out + self.bias
 
 
 class LayerNorm(nn.Module):
