@@ -290,7 +290,7 @@ def main() -> None:
     parser.add_argument("--cpu-learning-rate", type=float, default=2e-3)
     parser.add_argument("--compile", action="store_true", help="torch.compile the VAE")
     parser.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
-                        help="GPU training through one captured CUDA-graph step (the default)")  # fmt: skip
+                        help="GPU training through one captured CUDA-graph step")  # fmt: skip
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--cpu-epochs", type=int, default=0,
                         help="CPU path: train this many epochs and scale to --epochs")
