@@ -486,12 +486,26 @@ def _memory_point(params_dir, n, clusters, extra, options) -> dict:
         run = ours_run(model, features, options, device)
     except Exception as error:  # an OOM of a GPU library, by name
         if is_oom(error):
-            return {"oom": True}
+            return {"oom": True, **_oom_facts(error, device)}
         raise
     if device.type == "cuda":
         return {"peak_bytes": run["peak_mb"] * 2**20, "seconds": run["seconds"], "kind": "gpu"}
     peak = _status_bytes("VmHWM") - baseline
     return {"peak_bytes": peak, "seconds": run["seconds"], "kind": "host RSS"}
+
+
+def _oom_facts(error: BaseException, device) -> dict:
+    """Where an OOM struck: the message's first line, our innermost frame and the
+    peak allocated by then, so a failed point says which tensor did not fit."""
+    import traceback
+
+    import torch
+
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if "warpbio" in f.filename]
+    last = frames[-1] if frames else None
+    where = f"{Path(last.filename).name}:{last.lineno} {last.line}" if last else ""
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+    return {"error": str(error).splitlines()[0][:240], "where": where, "peak_bytes_at_oom": peak}
 
 
 def section_memory(args, params_dir, calibration, rows, results) -> list[Measurement]:
@@ -517,6 +531,10 @@ def section_memory(args, params_dir, calibration, rows, results) -> list[Measure
                 points.append(Measurement(workload, point["seconds"], measured))
             shown = "OOM" if measured is None else f"{measured / GIB:.3f}"
             took = f", {point['seconds']:.1f} s" if measured is not None else ""
+            if point.get("oom"):
+                at_oom = point.get("peak_bytes_at_oom")
+                peak_text = f"; {at_oom / GIB:.1f} GiB allocated at peak" if at_oom else ""
+                took = f"; at {point.get('where')}: {point.get('error')}{peak_text}"
             print(
                 f"[memory] N={n} {name}: {shown} GiB (predicted {predicted / GIB:.3f} GiB){took}",
                 flush=True,
@@ -529,6 +547,8 @@ def section_memory(args, params_dir, calibration, rows, results) -> list[Measure
                     "predicted_gib": predicted / GIB,
                     "seconds": point.get("seconds"),
                     "kind": point.get("kind", "gpu"),
+                    "oom": {k: point[k] for k in ("error", "where", "peak_bytes_at_oom")
+                            if k in point} or None,
                 }
             )
             rows.append(
