@@ -117,6 +117,17 @@ def array_module(backend: Backend) -> ModuleType:
     return cupy
 
 
+def module_of(array) -> ModuleType:
+    """NumPy or CuPy, whichever owns ``array`` (no CuPy import for NumPy arrays)."""
+    import numpy
+
+    if isinstance(array, numpy.ndarray):
+        return numpy
+    import cupy
+
+    return cupy.get_array_module(array)
+
+
 def to_numpy(array):
     """Host copy of a NumPy or CuPy array (a no-op for NumPy)."""
     get = getattr(array, "get", None)

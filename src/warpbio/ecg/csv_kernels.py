@@ -27,6 +27,8 @@ from functools import cache
 import numba
 import numpy as np
 
+from warpbio.device import module_of
+
 THREADS_PER_BLOCK = 256
 NEWLINE, CARRIAGE_RETURN, QUOTE = 10, 13, 34
 
@@ -225,7 +227,7 @@ def parse_rows(data, n_fields: int, delimiter: str, lead_field: int, time_field:
     ``data`` (uint8 bytes after the header, NumPy or CuPy). On the GPU the arrays
     stay on the device; only the row count and the first-bad-row scalar come back."""
     on_gpu = not isinstance(data, np.ndarray)
-    xp = _array_module(data)
+    xp = module_of(data)
     newlines = xp.flatnonzero(data == NEWLINE)
     last_byte = int(data[-1]) if data.shape[0] else NEWLINE
     n_rows = row_count(int(newlines.shape[0]), int(data.shape[0]), last_byte)
@@ -301,10 +303,3 @@ def _staging(device: int, worker: int, chunk_bytes: int):
                          cp.cuda.Stream(non_blocking=True))  # fmt: skip
     return _STAGING[key]
 
-
-def _array_module(array):
-    if isinstance(array, np.ndarray):
-        return np
-    import cupy as cp
-
-    return cp

@@ -113,6 +113,7 @@ def plot_beats(groups: list[dict], path, fs_window) -> None:
 
 
 SCORE_LEVELS = 64  # colour levels of the latent plot's score panel
+MARKER_SIZE = 2.5  # points; about the area of scatter(s=6)
 
 
 def plot_latent(latent: np.ndarray, scores: np.ndarray, anomaly: np.ndarray, path) -> None:
@@ -143,9 +144,6 @@ def plot_latent(latent: np.ndarray, scores: np.ndarray, anomaly: np.ndarray, pat
         axes[0, 1].set(title="latent space by reference label", xlabel="z1", ylabel="z2")
     _margins(fig, wgap=0.9)
     _save(fig, path)
-
-
-MARKER_SIZE = 2.5  # points; about the area of scatter(s=6)
 
 
 def _score_levels(axis, latent: np.ndarray, scores: np.ndarray, norm) -> None:

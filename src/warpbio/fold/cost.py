@@ -252,6 +252,11 @@ def live_tensor_bytes(workload: Workload, config: ModelConfig | None = None) -> 
     return {**persistent, **{f"{largest}:{k}": v for k, v in phases[largest].items()}}
 
 
+def _chunks(workload: Workload, dimension: int) -> bool:
+    """Whether an axis of this size is cut into chunks (as :meth:`Plan.chunks`)."""
+    return workload.chunk_size is not None and workload.chunk_size < dimension
+
+
 def _rows(workload: Workload, dimension: int) -> int:
     """Rows of one chunk over an axis of this size."""
     return min(workload.chunk_size or dimension, dimension)
@@ -280,7 +285,7 @@ def _stack_phases(workload: Workload, cfg: ModelConfig) -> dict[str, dict[str, f
     a, w = DTYPE_BYTES[workload.dtype], 4
     r = 2 if workload.bf16_streams else w  # the stacks' residual streams
     n2 = float(n) * n
-    chunked = workload.chunk_size is not None and workload.chunk_size < n
+    chunked = _chunks(workload, n)
     # logits, clamped, softmax on the reference path; SDPA's float mask; none with
     # the flash kernel on a GPU (its CPU twin makes them: CPU memory is not planned)
     logit_copies = {"sdpa": 1, "flash": 0}.get(workload.attention, 3)
@@ -333,7 +338,7 @@ def _structure_phase(workload: Workload, cfg: ModelConfig) -> dict[str, float]:
     invariant point attention's point distances [h, q, k, p, 3] (two copies), its
     logits and the normalized pair, per chunk of query rows when chunked."""
     n, w, st = workload.num_res, 4, cfg.structure
-    chunked = workload.chunk_size is not None and workload.chunk_size < n
+    chunked = _chunks(workload, n)
     rows = _rows(workload, n) * float(n)
     per_query_row = st.num_head * (2 * 3 * st.num_point_qk + 4) * w + cfg.pair_channel * w
     return {

@@ -25,18 +25,11 @@ from types import ModuleType
 
 import numpy as np
 
+from warpbio.device import module_of
+
 BLOCK_ENTRIES = 1 << 26  # 64M entries: 0.5 GB as float64 temporaries
 
 EntryFunction = Callable[[object, object], object]  # (data block, indices block) -> values
-
-
-def module_of(array) -> ModuleType:
-    """NumPy or CuPy, whichever owns ``array`` (no CuPy import for NumPy arrays)."""
-    if isinstance(array, np.ndarray):
-        return np
-    import cupy
-
-    return cupy.get_array_module(array)
 
 
 @dataclass
