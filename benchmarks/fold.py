@@ -469,8 +469,9 @@ def _reset_peak_rss() -> None:
         Path("/proc/self/clear_refs").write_text("5")
 
 
-def _memory_point(params_dir, n, clusters, extra, options) -> dict:
-    """Child process: one prediction; the GPU peak or the peak RSS above the start."""
+def _memory_point(params_dir, n, clusters, extra, options, snapshot=False) -> dict:
+    """Child process: one prediction; the GPU peak or the peak RSS above the start.
+    ``snapshot``: record allocation stacks and, on an OOM, list the live blocks."""
     import torch
 
     from warpbio.fold.inference import WeightsSpec, build_model
@@ -482,11 +483,15 @@ def _memory_point(params_dir, n, clusters, extra, options) -> dict:
     baseline = _status_bytes("VmRSS")
     model, _ = build_model(MODEL, WeightsSpec(folder=str(params_dir)))
     features = ours_features(synthetic_features(n, clusters, extra, seed=n))
+    recording = snapshot and device.type == "cuda"
+    if recording:  # allocation stacks, so an OOM names the live tensors
+        torch.cuda.memory._record_memory_history(max_entries=100_000, stacks="python")
     try:
         run = ours_run(model, features, options, device)
     except Exception as error:  # an OOM of a GPU library, by name
         if is_oom(error):
-            return {"oom": True, **_oom_facts(error, device)}
+            live = _live_blocks(torch.cuda.memory._snapshot()) if recording else None
+            return {"oom": True, **_oom_facts(error, device), "live_at_oom": live}
         raise
     if device.type == "cuda":
         return {"peak_bytes": run["peak_mb"] * 2**20, "seconds": run["seconds"], "kind": "gpu"}
@@ -505,7 +510,45 @@ def _oom_facts(error: BaseException, device) -> dict:
     last = frames[-1] if frames else None
     where = f"{Path(last.filename).name}:{last.lineno} {last.line}" if last else ""
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
-    return {"error": str(error).splitlines()[0][:240], "where": where, "peak_bytes_at_oom": peak}
+    return {"error": str(error).splitlines()[0][:400], "where": where, "peak_bytes_at_oom": peak}
+
+
+def _live_blocks(snapshot: dict, top: int = 25) -> dict:
+    """The allocator's state at an OOM: live bytes grouped by the innermost warpbio
+    frame that allocated them (and the innermost frame of all), largest first."""
+    groups: dict[str, list[int]] = {}
+    totals = {"active": 0, "inactive_split": 0, "reserved": 0}
+    for segment in snapshot.get("segments", []):
+        totals["reserved"] += segment.get("total_size", 0)
+        for block in segment.get("blocks", []):
+            size = block.get("size", 0)
+            if block.get("state") == "inactive":
+                totals["inactive_split"] += size
+                continue
+            if block.get("state") != "active_allocated":
+                continue
+            totals["active"] += size
+            frames = block.get("frames") or []
+            ours = [f for f in frames if "warpbio" in f.get("filename", "")]
+            first = frames[0] if frames else {}
+            where = (
+                f"{Path(ours[0]['filename']).name}:{ours[0]['line']} {ours[0]['name']}"
+                if ours
+                else "?"
+            )
+            where += f" <- {Path(first.get('filename', '?')).name}:{first.get('line', '?')}"
+            entry = groups.setdefault(where, [0, 0, 0])
+            entry[0] += size
+            entry[1] += 1
+            entry[2] = max(entry[2], size)
+    ranked = sorted(groups.items(), key=lambda item: -item[1][0])[:top]
+    return {
+        **{k: v / GIB for k, v in totals.items()},
+        "largest": [
+            {"where": w, "gib": b / GIB, "blocks": c, "largest_gib": m / GIB}
+            for w, (b, c, m) in ranked
+        ],
+    }
 
 
 def section_memory(args, params_dir, calibration, rows, results) -> list[Measurement]:
@@ -524,7 +567,8 @@ def section_memory(args, params_dir, calibration, rows, results) -> list[Measure
             predicted = calibration.peak_bytes(workload)
             with context.Pool(1, maxtasksperchild=1) as pool:
                 point = pool.apply(
-                    _memory_point, (params_dir, n, args.msa, args.extra_msa, options)
+                    _memory_point,
+                    (params_dir, n, args.msa, args.extra_msa, options, args.memory_snapshot),
                 )
             measured = None if point.get("oom") else point["peak_bytes"]
             if measured is not None:
@@ -535,6 +579,17 @@ def section_memory(args, params_dir, calibration, rows, results) -> list[Measure
                 at_oom = point.get("peak_bytes_at_oom")
                 peak_text = f"; {at_oom / GIB:.1f} GiB allocated at peak" if at_oom else ""
                 took = f"; at {point.get('where')}: {point.get('error')}{peak_text}"
+                if point.get("live_at_oom"):
+                    live = point["live_at_oom"]
+                    took += (
+                        f"\n  live {live['active']:.2f} GiB, free in split blocks "
+                        f"{live['inactive_split']:.2f} GiB, reserved {live['reserved']:.2f} GiB"
+                    )
+                    for item in live["largest"]:
+                        took += (
+                            f"\n  {item['gib']:8.3f} GiB in {item['blocks']:4d} blocks "
+                            f"(largest {item['largest_gib']:.3f}) {item['where']}"
+                        )
             print(
                 f"[memory] N={n} {name}: {shown} GiB (predicted {predicted / GIB:.3f} GiB){took}",
                 flush=True,
@@ -547,8 +602,12 @@ def section_memory(args, params_dir, calibration, rows, results) -> list[Measure
                     "predicted_gib": predicted / GIB,
                     "seconds": point.get("seconds"),
                     "kind": point.get("kind", "gpu"),
-                    "oom": {k: point[k] for k in ("error", "where", "peak_bytes_at_oom")
-                            if k in point} or None,
+                    "oom": {
+                        k: point[k]
+                        for k in ("error", "where", "peak_bytes_at_oom", "live_at_oom")
+                        if k in point
+                    }
+                    or None,
                 }
             )
             rows.append(
@@ -775,6 +834,11 @@ def parse_args(argv=None):
     )
     p.add_argument("--memory-chunk", type=int, default=64)
     p.add_argument("--memory-recycles", type=int, default=0)
+    p.add_argument(
+        "--memory-snapshot",
+        action="store_true",
+        help="record allocation stacks; an OOM point lists the live tensors by origin",
+    )
     p.add_argument("--mixed-count", type=int, default=200)
     p.add_argument("--mixed-min", type=int, default=50)
     p.add_argument("--mixed-max", type=int, default=800)
@@ -852,7 +916,8 @@ def main(argv=None) -> None:
     print(f"device: {facts}")
     results: dict = {"command": " ".join(sys.argv), "device": facts, "args": vars(args)}
     rows: list[tuple] = []
-    why = jax_available()
+    # the memory section runs ours only: no reference to initialise
+    why = jax_available() if sections - {"memory"} else "memory only: JAX reference not needed"
     reference = None
     started = time.perf_counter()
     if why:
