@@ -469,9 +469,10 @@ def _reset_peak_rss() -> None:
         Path("/proc/self/clear_refs").write_text("5")
 
 
-def _memory_point(params_dir, n, clusters, extra, options, snapshot=False) -> dict:
+def _memory_point(params_dir, n, clusters, extra, options, snapshot=False, limit_gib=None) -> dict:
     """Child process: one prediction; the GPU peak or the peak RSS above the start.
-    ``snapshot``: record allocation stacks and, on an OOM, list the live blocks."""
+    ``snapshot``: record allocation stacks and, on an OOM, list the live blocks;
+    ``limit_gib``: cap the allocator there (an 80 GB card's limit on an H200)."""
     import torch
 
     from warpbio.fold.inference import WeightsSpec, build_model
@@ -483,6 +484,9 @@ def _memory_point(params_dir, n, clusters, extra, options, snapshot=False) -> di
     baseline = _status_bytes("VmRSS")
     model, _ = build_model(MODEL, WeightsSpec(folder=str(params_dir)))
     features = ours_features(synthetic_features(n, clusters, extra, seed=n))
+    if limit_gib and device.type == "cuda":  # a smaller card's memory on a larger one
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, limit_gib * GIB / total), device)
     recording = snapshot and device.type == "cuda"
     if recording:  # allocation stacks, so an OOM names the live tensors
         torch.cuda.memory._record_memory_history(max_entries=100_000, stacks="python")
@@ -568,7 +572,15 @@ def section_memory(args, params_dir, calibration, rows, results) -> list[Measure
             with context.Pool(1, maxtasksperchild=1) as pool:
                 point = pool.apply(
                     _memory_point,
-                    (params_dir, n, args.msa, args.extra_msa, options, args.memory_snapshot),
+                    (
+                        params_dir,
+                        n,
+                        args.msa,
+                        args.extra_msa,
+                        options,
+                        args.memory_snapshot,
+                        args.memory_limit_gib,
+                    ),
                 )
             measured = None if point.get("oom") else point["peak_bytes"]
             if measured is not None:
@@ -834,6 +846,11 @@ def parse_args(argv=None):
     )
     p.add_argument("--memory-chunk", type=int, default=64)
     p.add_argument("--memory-recycles", type=int, default=0)
+    p.add_argument(
+        "--memory-limit-gib",
+        type=float,
+        help="cap PyTorch's allocator at this many GiB (79.2: an H100 80GB's on an H200)",
+    )
     p.add_argument(
         "--memory-snapshot",
         action="store_true",
