@@ -249,6 +249,18 @@ def write_params(flat: dict[str, np.ndarray], folder: Path) -> Path:
     return folder
 
 
+def random_params(args) -> dict[str, np.ndarray]:
+    """Ours alone: seeded random parameters in the npz layout."""
+    import torch
+
+    from warpbio.fold.config import ModelConfig
+    from warpbio.fold.model.alphafold import AlphaFold
+    from warpbio.fold.params import export_params
+
+    torch.manual_seed(args.seed)
+    return export_params(AlphaFold(ModelConfig().with_depth(args.blocks)))
+
+
 def ours_run(model, features, options, device) -> dict:
     """One prediction through warpbio.fold.inference.predict; seconds and peak."""
     import torch
@@ -486,7 +498,7 @@ def _memory_point(params_dir, n, clusters, extra, options, snapshot=False, limit
     features = ours_features(synthetic_features(n, clusters, extra, seed=n))
     if limit_gib and device.type == "cuda":  # a smaller card's memory on a larger one
         total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, limit_gib * GIB / total), device)
+        torch.cuda.set_per_process_memory_fraction(min(1.0, limit_gib * GIB / total))
     recording = snapshot and device.type == "cuda"
     if recording:  # allocation stacks, so an OOM names the live tensors
         torch.cuda.memory._record_memory_history(max_entries=100_000, stacks="python")
@@ -933,35 +945,32 @@ def main(argv=None) -> None:
     print(f"device: {facts}")
     results: dict = {"command": " ".join(sys.argv), "device": facts, "args": vars(args)}
     rows: list[tuple] = []
-    # the memory section runs ours only: no reference to initialise
-    why = jax_available() if sections - {"memory"} else "memory only: JAX reference not needed"
-    reference = None
-    started = time.perf_counter()
-    if why:
-        print(why)
-        # ours alone, with seeded random parameters in the npz layout
-        from warpbio.fold.config import ModelConfig
-        from warpbio.fold.model.alphafold import AlphaFold
-        from warpbio.fold.params import export_params
-
-        torch.manual_seed(args.seed)
-        flat = export_params(AlphaFold(ModelConfig().with_depth(args.blocks)))
-    else:
-        reference = JaxReference(args.blocks, args.recycles, args.seed)
-        flat = reference.flat
-        results["jax_init_s"] = reference.init_seconds
     kind = "gpu" if cuda else "cpu"
     jax_gpu_precision = "bfloat16" if args.jax_precision == "both" else args.jax_precision
     calibration: Calibration = (
         load_calibration(args.calibration) if args.calibration else default_calibration(kind)
     )
+    started = time.perf_counter()
     time_points, memory_points = [], []
+    if "memory" in sections:
+        # before JAX starts: it takes 75% of the GPU when it starts, which the memory
+        # points' child processes would lack (4,000 residues went OOM that way)
+        with tempfile.TemporaryDirectory(dir=args.workdir) as work:
+            params_dir = write_params(random_params(args), Path(work) / "params")
+            memory_points = section_memory(args, params_dir, calibration, rows, results)
+    why = jax_available() if sections - {"memory"} else ""
+    reference = None
+    if why:
+        print(why)
+        flat = random_params(args)
+    elif sections - {"memory"}:
+        reference = JaxReference(args.blocks, args.recycles, args.seed)
+        flat = reference.flat
+        results["jax_init_s"] = reference.init_seconds
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:
-        params_dir = write_params(flat, Path(work) / "params")
+        params_dir = write_params(flat, Path(work) / "params") if sections - {"memory"} else None
         if "jax" in sections:
             time_points = section_jax(args, reference, params_dir, rows, results)
-        if "memory" in sections:
-            memory_points = section_memory(args, params_dir, calibration, rows, results)
         fitted = fit_calibration(time_points, memory_points, calibration, kind, facts)
         if fitted is not None:
             calibration = fitted

@@ -158,3 +158,19 @@ def test_reads_to_the_gpu(tmp_path, monkeypatch):
     np.testing.assert_array_equal(rows.data.get(), x[333:1500].data)
     np.testing.assert_array_equal(rows.indices.get(), x[333:1500].indices)
     np.testing.assert_array_equal(rows.indptr.get(), x[333:1500].indptr)
+
+
+def test_names_read_from_nullable_string_indexes(tmp_path):
+    """anndata >= 0.13 with pandas >= 3 writes string indexes as encoded groups."""
+    import h5py
+    from anndata.io import write_elem
+
+    from warpbio.singlecell.anndata_io import read_obs_names, read_var_names
+
+    path = tmp_path / "names.h5ad"
+    with ad.settings.override(allow_write_nullable_strings=True), h5py.File(path, "w") as handle:
+        write_elem(handle, "obs", pd.DataFrame(index=pd.Index(["c1", "c2"], dtype="string")))
+        write_elem(handle, "var", pd.DataFrame(index=["g1", "g2", "g3"]))
+        assert isinstance(handle["obs"]["_index"], h5py.Group)
+    assert list(read_obs_names(path)) == ["c1", "c2"]
+    assert list(read_var_names(path)) == ["g1", "g2", "g3"]

@@ -63,9 +63,7 @@ def read_obs_names(path) -> np.ndarray:
     with _open(path) as handle:
         if "obs" not in handle:
             raise InputFormatError(f"{path}: no 'obs' group; not an AnnData file")
-        obs = handle["obs"]
-        index_key = obs.attrs.get("_index", "_index")
-        return np.asarray([_text(v) for v in obs[index_key][:]], dtype=object)
+        return _index_names(handle["obs"])
 
 
 def read_obs(path):
@@ -132,9 +130,19 @@ def read_csr_arrays(path, key: str = "X"):
 
 def read_var_names(path) -> np.ndarray:
     with _open(path) as handle:
-        var = handle["var"]
-        index_key = var.attrs.get("_index", "_index")
-        return np.asarray([_text(v) for v in var[index_key][:]], dtype=object)
+        return _index_names(handle["var"])
+
+
+def _index_names(frame) -> np.ndarray:
+    """A data frame group's index as str objects: a plain string dataset, or an
+    encoded group (anndata >= 0.13 with pandas >= 3 writes a nullable-string-array)."""
+    import h5py
+
+    node = frame[frame.attrs.get("_index", "_index")]
+    if isinstance(node, h5py.Dataset):
+        return np.asarray([_text(v) for v in node[:]], dtype=object)
+    read_elem, _ = anndata_elements()
+    return np.asarray([str(v) for v in read_elem(node)], dtype=object)
 
 
 def read_uns_value(path, *keys, default=None):
