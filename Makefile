@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= 2
+# pytest-xdist processes for make test; each takes whole test files
+TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint pytest report dry-run clean reproduce pin-envs
@@ -32,7 +34,7 @@ lint: $(STAMP)
 	$(BIN)/snakemake --dry-run --quiet rules --cores 32 --resources gpu=8
 
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 report: $(STAMP)
 	$(BIN)/snakemake --report report.html
