@@ -58,8 +58,7 @@ def make_plan(
     if options.auto_chunk:
         shapes = TargetShapes.of_batch(batch)
         free = free_memory_bytes(device) if free_bytes is None else int(free_bytes)
-        dtype_bytes = 2 if dtype is not None else 4
-        chunk_size = pick_chunk_size(shapes, config, free, dtype_bytes, options.attention)
+        chunk_size = pick_chunk_size(shapes, config, free, options)
         log.info(
             "auto chunk: %s for %d residues, %d MSA rows, %d extra rows, %.0f MB free",
             "whole tensors" if chunk_size is None else f"chunk size {chunk_size}",
