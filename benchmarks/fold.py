@@ -277,6 +277,7 @@ def ours_run(model, features, options, device) -> dict:
         "peak_mb": result["peak_memory"].get("gpu_peak_allocated"),
         "ca": result["atom_positions"][:, 1].astype(float),
         "plddt": result["plddt"].astype(float),
+        "auto_chunk": result["timings"].get("auto_chunk_size"),  # 0.0: whole tensors
     }
 
 
@@ -509,10 +510,11 @@ def _memory_point(params_dir, n, clusters, extra, options, snapshot=False, limit
             live = _live_blocks(torch.cuda.memory._snapshot()) if recording else None
             return {"oom": True, **_oom_facts(error, device), "live_at_oom": live}
         raise
+    facts = {"seconds": run["seconds"], "auto_chunk": run["auto_chunk"]}
     if device.type == "cuda":
-        return {"peak_bytes": run["peak_mb"] * 2**20, "seconds": run["seconds"], "kind": "gpu"}
+        return {"peak_bytes": run["peak_mb"] * 2**20, "kind": "gpu", **facts}
     peak = _status_bytes("VmHWM") - baseline
-    return {"peak_bytes": peak, "seconds": run["seconds"], "kind": "host RSS"}
+    return {"peak_bytes": peak, "kind": "host RSS", **facts}
 
 
 def _oom_facts(error: BaseException, device) -> dict:
@@ -570,12 +572,22 @@ def _live_blocks(snapshot: dict, top: int = 25) -> dict:
 def section_memory(args, params_dir, calibration, rows, results) -> list[Measurement]:
     lengths = [n for n in args.memory_lengths if n <= args.max_length]
     context = multiprocessing.get_context("spawn")
-    variants = {
-        "fast, no chunking": fast_options(args, num_recycle=args.memory_recycles, auto_chunk=False),
-        f"fast, chunk {args.memory_chunk}": fast_options(
-            args, num_recycle=args.memory_recycles, auto_chunk=False, chunk_size=args.memory_chunk
+    recycles = args.memory_recycles
+    every = {
+        "none": ("fast, no chunking", fast_options(args, num_recycle=recycles, auto_chunk=False)),
+        "chunk": (
+            f"fast, chunk {args.memory_chunk}",
+            fast_options(
+                args, num_recycle=recycles, auto_chunk=False, chunk_size=args.memory_chunk
+            ),
         ),
+        # the engine's own choice from the child's free memory (the cost model's)
+        "auto": ("fast, auto chunk", fast_options(args, num_recycle=recycles, auto_chunk=True)),
     }
+    unknown = set(args.memory_variants) - set(every)
+    if unknown:
+        raise SystemExit(f"--memory-variants: unknown {sorted(unknown)}; use {sorted(every)}")
+    variants = dict(every[key] for key in args.memory_variants)
     points, table = [], []
     for n in lengths:
         for name, options in variants.items():
@@ -599,6 +611,8 @@ def section_memory(args, params_dir, calibration, rows, results) -> list[Measure
                 points.append(Measurement(workload, point["seconds"], measured))
             shown = "OOM" if measured is None else f"{measured / GIB:.3f}"
             took = f", {point['seconds']:.1f} s" if measured is not None else ""
+            if point.get("auto_chunk") is not None:
+                took += f", auto chunk {int(point['auto_chunk']) or 'none (whole tensors)'}"
             if point.get("oom"):
                 at_oom = point.get("peak_bytes_at_oom")
                 peak_text = f"; {at_oom / GIB:.1f} GiB allocated at peak" if at_oom else ""
@@ -625,6 +639,7 @@ def section_memory(args, params_dir, calibration, rows, results) -> list[Measure
                     "measured_gib": None if measured is None else measured / GIB,
                     "predicted_gib": predicted / GIB,
                     "seconds": point.get("seconds"),
+                    "auto_chunk": point.get("auto_chunk"),
                     "kind": point.get("kind", "gpu"),
                     "oom": {
                         k: point[k]
@@ -858,6 +873,12 @@ def parse_args(argv=None):
     )
     p.add_argument("--memory-chunk", type=int, default=64)
     p.add_argument("--memory-recycles", type=int, default=0)
+    p.add_argument(
+        "--memory-variants",
+        nargs="+",
+        default=["none", "chunk"],
+        help="none (whole tensors), chunk (--memory-chunk rows), auto (the engine's auto chunk)",
+    )
     p.add_argument(
         "--memory-limit-gib",
         type=float,
