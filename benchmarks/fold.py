@@ -27,8 +27,10 @@ Sections (``--sections``, each prints as it goes; the summary table comes last):
    difference and CA RMSD of fast vs float32 (and of JAX vs our float32).
 2. ``memory``: peak GPU memory (``torch.cuda.max_memory_allocated``; on a CPU the
    peak RSS above the interpreter's) vs length up to ``--max-length``, fast options
-   with and without chunking (``--memory-chunk``), each point in a fresh process;
-   beside it the cost model's prediction.
+   with and without chunking (``--memory-chunk``; ``--memory-variants`` adds the
+   engine's auto chunk), each point in a fresh process; beside it the cost model's
+   prediction. It runs first, on our own random parameters: JAX preallocates 75% of
+   the GPU in the process that starts it, which the points' processes would lack.
 3. ``mixed``: ``--mixed-count`` targets of seeded lengths in [``--mixed-min``,
    ``--mixed-max``] through the scheduler on the visible GPUs (``--gpus`` limits
    them; ``--instances-per-gpu``), sequences per GPU-hour, vs the JAX reference run
@@ -979,17 +981,18 @@ def main(argv=None) -> None:
         with tempfile.TemporaryDirectory(dir=args.workdir) as work:
             params_dir = write_params(random_params(args), Path(work) / "params")
             memory_points = section_memory(args, params_dir, calibration, rows, results)
-    why = jax_available() if sections - {"memory"} else ""
-    reference = None
+    others = sections - {"memory"}  # the sections that compare with the reference
+    why = jax_available() if others else ""
+    reference, flat = None, None
     if why:
         print(why)
         flat = random_params(args)
-    elif sections - {"memory"}:
+    elif others:
         reference = JaxReference(args.blocks, args.recycles, args.seed)
         flat = reference.flat
         results["jax_init_s"] = reference.init_seconds
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:
-        params_dir = write_params(flat, Path(work) / "params") if sections - {"memory"} else None
+        params_dir = write_params(flat, Path(work) / "params") if others else None
         if "jax" in sections:
             time_points = section_jax(args, reference, params_dir, rows, results)
         fitted = fit_calibration(time_points, memory_points, calibration, kind, facts)
