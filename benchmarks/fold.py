@@ -901,7 +901,12 @@ def parse_args(argv=None):
     p.add_argument("--jax-subset", type=int, default=8)
     p.add_argument("--cpu-count", type=int, default=16)
     p.add_argument("--cpu-instances", type=int, default=4)
-    p.add_argument("--cpu-options", choices=["fast_cpu", "fast", "float32"], default="fast_cpu")
+    p.add_argument(
+        "--cpu-options",
+        choices=["fast_cpu", "fast_cpu_bf16", "fast", "float32"],
+        default="fast_cpu",
+        help="fast_cpu_bf16: fast_cpu() under bfloat16 autocast (AMX/AVX512-BF16 CPUs)",
+    )
     p.add_argument("--cpu-jax-subset", type=int, default=3)
     p.add_argument("--time-limit", type=float, default=30.0, help="ILP time limit (s)")
     p.add_argument("--calibration", help="cost-model JSON to plan with")
@@ -936,6 +941,8 @@ def options_named(name: str, recycles: int, args=None) -> InferenceOptions:
         return fast_options(args, num_recycle=recycles)
     if name == "fast_cpu":
         return InferenceOptions.fast_cpu(num_recycle=recycles)
+    if name == "fast_cpu_bf16":
+        return InferenceOptions.fast_cpu(num_recycle=recycles, precision="bfloat16")
     return InferenceOptions(num_recycle=recycles)
 
 
