@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -75,19 +75,11 @@ def predicted_peak_bytes(
     the float32 parameters: they are loaded before the free memory is measured."""
     from warpbio.fold.cost import Workload, activation_bytes, parameter_count
 
-    workload = Workload(
-        num_res=shapes.num_res,
-        msa_clusters=shapes.num_msa,
-        extra_msa=shapes.num_extra,
-        blocks=config.evoformer_num_block,
-        recycles=options.num_recycle,
-        chunk_size=chunk,
-        dtype=options.precision,
-        attention=options.attention,
-        inplace=options.inplace,
-        bf16_streams=options.bf16_streams,
+    blocks = config.evoformer_num_block
+    workload = Workload.from_options(
+        shapes.num_res, shapes.num_msa, shapes.num_extra, blocks, replace(options, chunk_size=chunk)
     )
-    resident = 4.0 * parameter_count(config, config.evoformer_num_block)
+    resident = 4.0 * parameter_count(config, blocks)
     return activation_bytes(workload, config) - resident
 
 
