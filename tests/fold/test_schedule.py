@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -248,6 +249,34 @@ def test_a_failing_target_fails_the_batch_by_name_and_leaves_no_files(tmp_path):
         assert not Path(path).exists()
     leftovers = [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
     assert not leftovers
+
+
+def test_a_finished_batch_terminates_no_worker_and_keeps_every_log_line(
+    tmp_path, monkeypatch, caplog
+):
+    """Workers that sent "exit" are joined, not terminated: a SIGTERM while a worker's
+    log-queue feeder held the queue's write lock lost its "done in" line and hung
+    run_plan for good (the fold_predict_batch timeout of make test)."""
+    import multiprocessing.process
+
+    from warpbio.fold.config import InferenceOptions
+    from warpbio.fold.inference import WeightsSpec
+    from warpbio.fold.throughput import run_plan
+
+    terminated = []
+    terminate = multiprocessing.process.BaseProcess.terminate
+
+    def recording_terminate(process):
+        terminated.append(process.name)
+        terminate(process)
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "terminate", recording_terminate)
+    caplog.set_level(logging.INFO)
+    jobs, shapes = write_targets(tmp_path, [16, 12])
+    run_plan(cpu_plan(shapes), jobs, WeightsSpec(random_depth=1), InferenceOptions(num_recycle=0))
+    assert terminated == []
+    for name in jobs:
+        assert f"{name} done in" in caplog.text
 
 
 @pytest.mark.gpu

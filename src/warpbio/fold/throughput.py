@@ -21,6 +21,7 @@ import logging.handlers
 import multiprocessing
 import os
 import queue as queue_module
+import threading
 import time
 import traceback
 from collections.abc import Mapping
@@ -34,6 +35,11 @@ from warpbio.io import atomic_write, remove_outputs, remove_stale_temporaries
 log = logging.getLogger(__name__)
 
 OUTPUT_KINDS = ("pdb", "cif", "json", "timings")
+
+# A worker that sent "exit" is still flushing its queues (its feeder threads send what
+# it put, the log record of its last target among them) and shutting down; this long
+# it may take before it is terminated.
+EXIT_GRACE_SECONDS = 60.0
 
 
 class BatchError(RuntimeError):
@@ -188,8 +194,13 @@ def run_plan(
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
     log_queue = context.Queue()
-    listener = logging.handlers.QueueListener(
-        log_queue, *logging.getLogger().handlers, respect_handler_level=True
+    handlers = list(logging.getLogger().handlers)
+    stop_logs = threading.Event()
+    # Not a QueueListener: its stop() puts a sentinel on the queue, which takes the
+    # queue's inter-process write lock; a worker terminated while its feeder thread
+    # held that lock leaves it held for good, and stop() then hangs forever.
+    listener = threading.Thread(
+        target=_forward_logs, args=(log_queue, handlers, stop_logs), daemon=True
     )
     listener.start()
     workers = {}
@@ -211,13 +222,38 @@ def run_plan(
             with _child_environment(slot):
                 process.start()
             workers[slot.name] = process
-        return _collect(plan, jobs, workers, messages, poll_seconds)
+        results = _collect(plan, jobs, workers, messages, poll_seconds)
+        # Every worker said "exit", but its "exit" can arrive before its last log
+        # records have left it (one feeder thread per queue): let it finish rather
+        # than terminate it inside the log queue's write lock (the lost "done in" line
+        # and the hang of the fold_predict_batch test).
+        for process in workers.values():
+            process.join(EXIT_GRACE_SECONDS)
+        return results
     finally:
         for process in workers.values():
             if process.is_alive():
                 process.terminate()
             process.join()
-        listener.stop()
+        stop_logs.set()
+        listener.join(timeout=10.0)  # bounded: a killed writer may leave half a record
+
+
+def _forward_logs(log_queue, handlers: list[logging.Handler], stop: threading.Event) -> None:
+    """The workers' log records to this process's handlers, until ``stop`` is set and
+    the queue is empty (the workers have exited by then: all they wrote is there)."""
+    while True:
+        try:
+            record = log_queue.get(timeout=0.1)
+        except queue_module.Empty:
+            if stop.is_set():
+                return
+            continue
+        except Exception:  # a pipe that a terminated writer left corrupt: stop reading
+            return
+        for handler in handlers:
+            if record.levelno >= handler.level:
+                handler.handle(record)
 
 
 def _collect(plan, jobs, workers, messages, poll_seconds) -> dict[str, dict]:
