@@ -79,7 +79,9 @@ def relax_pdb(pdb_text: str, use_gpu: bool = False, max_iterations: int = 0) -> 
     heavy = np.array([a.element.symbol != "H" for a in modeller.topology.atoms()])
     moved = np.sqrt(((end_xyz - start_xyz) ** 2).sum(-1))[heavy]
     out = io.StringIO()
-    app.PDBFile.writeFile(simulation.topology, after.getPositions(), out, keepIds=True)
+    # writeFile's header stamps today's date, so a rerun on another day would differ
+    app.PDBFile.writeModel(simulation.topology, after.getPositions(), out, keepIds=True)
+    app.PDBFile.writeFooter(simulation.topology, out)
     info = {
         "energy_before_kcal_mol": before.getPotentialEnergy().value_in_unit(
             unit.kilocalories_per_mole
