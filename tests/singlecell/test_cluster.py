@@ -75,7 +75,7 @@ def test_relabel_by_size_orders_largest_first():
     )
 
 
-@pytest.mark.parametrize("engine", ["igraph", "parallel"])
+@pytest.mark.parametrize("engine", ["igraph", "sequential", "parallel"])
 def test_simulator_clusters_recover_the_true_types(simulated, engine):
     """Acceptance 2, with the schema's default resolutions."""
     from .reference import default_settings
@@ -89,13 +89,46 @@ def test_simulator_clusters_recover_the_true_types(simulated, engine):
 
 
 def test_unknown_engine_is_refused():
-    with pytest.raises(ValueError, match="not one of auto, igraph, parallel"):
+    with pytest.raises(ValueError, match="not one of auto, igraph, sequential, parallel"):
         clustering.choose_engine("cugraph", gpu=False)
-    assert clustering.choose_engine("auto", gpu=True) == "parallel"
-    assert clustering.choose_engine("auto", True, 10_000, 200_000) == "igraph"
-    assert clustering.choose_engine("auto", True, 1_300_000, 200_000) == "parallel"
-    assert clustering.choose_engine("auto", False, 1_300_000, 200_000) == "igraph"
-    assert clustering.choose_engine("auto", gpu=False) == "igraph"
+
+
+@pytest.mark.parametrize(
+    "gpu, n_cells, engine",
+    [
+        (False, 10_000, "igraph"),  # small: scanpy's own partition
+        (True, 10_000, "igraph"),
+        (False, 50_000, "sequential"),
+        (True, 50_000, "sequential"),
+        (False, 1_300_000, "sequential"),  # no parallel engine by default on the CPU
+        (True, 1_300_000, "parallel"),
+    ],
+)
+def test_auto_engine_by_size_and_backend(gpu, n_cells, engine):
+    assert clustering.choose_engine("auto", gpu, n_cells, 400_000, 20_000) == engine
+
+
+def test_cluster_graph_sequential_runs_both_methods_as_the_module_does(brain_graph):
+    """The step's two threads give the labels of direct calls, relabelled by size,
+    and the modularity graph_modularity computes."""
+    from warpbio.singlecell import community
+
+    settings = {"engine": "sequential", "parallel_min_cells": 0, "sequential_min_cells": 0,
+                "leiden_resolution": 0.8, "louvain_resolution": 1.2, "n_iterations": 2}  # fmt: skip
+    found = clustering.cluster_graph(brain_graph, settings, seed=3)
+    graph = sp.csr_matrix(brain_graph)
+    arrays = (graph.indptr, graph.indices, graph.data)
+    direct = {
+        "leiden": community.leiden(*arrays, 0.8, 3, 2),
+        "louvain": community.louvain(*arrays, 1.2, 3),
+    }
+    for method, labels in direct.items():
+        np.testing.assert_array_equal(found[method]["labels"], clustering.relabel_by_size(labels))
+        assert found[method]["engine"] == "sequential"
+        assert found[method]["modularity"] == pytest.approx(
+            clustering.graph_modularity(brain_graph, labels, found[method]["resolution"]),
+            abs=1e-9,
+        )
 
 
 def test_leiden_against_scanpys_default_leidenalg_flavour(brain, brain_graph):

@@ -188,24 +188,28 @@ def test_parallel_clustering_gpu_equals_cpu(graphs, data, cp, refine):
         graph.connectivities, cpu, 1.0
     )
     # the engine's own recovery of the truth (0.89 here; the rules' auto engine uses
-    # igraph below 200,000 cells): the GPU's must be the CPU's
+    # igraph or the sequential engine below 400,000 cells): the GPU's must be the CPU's
     truth_gpu = adjusted_rand_score(data["truth"], gpu)
     assert truth_gpu == pytest.approx(adjusted_rand_score(data["truth"], cpu), abs=0.01)
     assert truth_gpu >= 0.85
 
 
-def test_cluster_step_auto_engine_gpu_equals_cpu(graphs, cp):
-    """Below parallel_min_cells the gpu backend clusters with igraph: scanpy's clusters."""
+@pytest.mark.parametrize("sequential_min_cells, engine", [(10**9, "igraph"), (0, "sequential")])
+def test_cluster_step_auto_engine_gpu_equals_cpu(graphs, cp, sequential_min_cells, engine):
+    """Below parallel_min_cells the gpu backend clusters on the host, as the cpu
+    backend does (igraph: scanpy's clusters; or the sequential engine): same labels."""
     from warpbio.singlecell.cluster import cluster_graph
 
     _, _, graph, _ = graphs
     settings = {"engine": "auto", "leiden_resolution": 1.0, "louvain_resolution": 1.0,
-                "n_iterations": 2, "parallel_min_cells": 200_000}  # fmt: skip
+                "n_iterations": 2, "parallel_min_cells": 400_000,
+                "sequential_min_cells": sequential_min_cells}  # fmt: skip
     cpu = cluster_graph(graph.connectivities, settings, 0, np)
     gpu = cluster_graph(graph.connectivities, settings, 0, cp)
     for method in ("leiden", "louvain"):
-        assert gpu[method]["engine"] == "igraph"
+        assert gpu[method]["engine"] == engine
         np.testing.assert_array_equal(gpu[method]["labels"], cpu[method]["labels"])
+        assert gpu[method]["modularity"] == pytest.approx(cpu[method]["modularity"], abs=1e-9)
 
 
 def test_markers_gpu_equal_cpu(data, cp):

@@ -1,6 +1,11 @@
 """Leiden and Louvain communities of the connectivities graph.
 
-Two engines:
+Three engines:
+
+``sequential`` (CPU, Numba; ``warpbio.singlecell.community``): the same
+Louvain and Leiden algorithms as igraph, compiled, with Leiden and Louvain run
+at once in two threads; 10-20x igraph's speed on 50,000 cells, seeded, with
+partitions that agree with igraph's as igraph's own seeds agree with each other.
 
 ``igraph`` (CPU): python-igraph's ``community_leiden`` (modularity, weighted,
 resolution, ``n_iterations``) and ``community_multilevel`` (Louvain, weighted,
@@ -50,7 +55,7 @@ from warpbio.singlecell.segments import (
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "igraph", "parallel")
+ENGINES = ("auto", "igraph", "sequential", "parallel")
 MIN_GAIN = 1e-12  # gains below this (relative to 2m) are float noise, not moves
 
 
@@ -401,27 +406,80 @@ def _one_pass(base: _Level, start, resolution, m2, xp, refine, max_levels, max_s
 # --------------------------------------------------------------------------
 
 
-def choose_engine(engine: str, gpu: bool, n_cells: int = 0, parallel_min_cells: int = 0) -> str:
-    """auto: the parallel engine on the gpu backend from ``parallel_min_cells`` cells up,
-    else igraph (scanpy's own result; below that size igraph is also the faster one)."""
+def choose_engine(
+    engine: str,
+    gpu: bool,
+    n_cells: int = 0,
+    parallel_min_cells: int = 0,
+    sequential_min_cells: int = 0,
+) -> str:
+    """auto: igraph below ``sequential_min_cells`` cells (scanpy's own partition, at
+    under a second there), the sequential engine from there, and on the gpu
+    backend the parallel engine from ``parallel_min_cells`` cells up."""
     if engine not in ENGINES:
         raise ValueError(f"clustering engine {engine!r} is not one of {', '.join(ENGINES)}")
     if engine != "auto":
         return engine
-    return "parallel" if gpu and n_cells >= parallel_min_cells else "igraph"
+    if gpu and n_cells >= parallel_min_cells:
+        return "parallel"
+    return "sequential" if n_cells >= sequential_min_cells else "igraph"
+
+
+def _sequential_both(connectivities, settings: dict, seed: int) -> dict:
+    """Leiden and Louvain of the sequential engine, each in its own thread (Numba
+    releases the GIL); method -> (labels, seconds of its own run)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import scipy.sparse as sp
+
+    from warpbio.singlecell import community
+
+    matrix = sp.csr_matrix(connectivities)
+    arrays = (matrix.indptr, matrix.indices, matrix.data)
+
+    def timed(function, *args):
+        started = time.perf_counter()
+        labels = function(*arrays, *args)
+        return labels, time.perf_counter() - started
+
+    iterations = int(settings["n_iterations"])
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        leiden = pool.submit(
+            timed, community.leiden, float(settings["leiden_resolution"]), seed, iterations
+        )
+        louvain = pool.submit(timed, community.louvain, float(settings["louvain_resolution"]), seed)
+        return {"leiden": leiden.result(), "louvain": louvain.result()}
+
+
+def _modularity(connectivities, labels, resolution: float, engine: str, xp: ModuleType) -> float:
+    if engine != "sequential":
+        return graph_modularity(connectivities, labels, resolution, xp)
+    from warpbio.singlecell import community  # labels on the host: one compiled pass
+
+    matrix = connectivities.tocsr()
+    return community.modularity(matrix.indptr, matrix.indices, matrix.data, labels, resolution)
 
 
 def cluster_graph(connectivities, settings: dict, seed: int, xp: ModuleType = np) -> dict:
     """Leiden and Louvain labels (relabelled by size) plus timings and modularity."""
     gpu = xp.__name__ != "numpy"
     n_cells = int(connectivities.shape[0])
-    engine = choose_engine(settings["engine"], gpu, n_cells, int(settings["parallel_min_cells"]))
-    results = {}
+    engine = choose_engine(
+        settings["engine"],
+        gpu,
+        n_cells,
+        int(settings["parallel_min_cells"]),
+        int(settings["sequential_min_cells"]),
+    )
     graph = igraph_graph(connectivities) if engine == "igraph" else None
+    both = _sequential_both(connectivities, settings, seed) if engine == "sequential" else {}
+    results = {}
     for method in ("leiden", "louvain"):
         resolution = float(settings[f"{method}_resolution"])
         started = time.time()
-        if engine == "igraph" and method == "leiden":
+        if engine == "sequential":
+            labels, seconds = both[method]
+        elif engine == "igraph" and method == "leiden":
             labels = leiden_igraph(
                 connectivities, resolution, seed, int(settings["n_iterations"]), graph
             )
@@ -431,14 +489,15 @@ def cluster_graph(connectivities, settings: dict, seed: int, xp: ModuleType = np
             labels = parallel_louvain(
                 connectivities, resolution, xp, refine=method == "leiden", iterations=2
             )
-        seconds = time.time() - started
+        if engine != "sequential":
+            seconds = time.time() - started
         labels = relabel_by_size(labels)
         results[method] = {
             "labels": labels,
             "engine": engine,
             "resolution": resolution,
             "seconds": seconds,
-            "modularity": graph_modularity(connectivities, labels, resolution, xp),
+            "modularity": _modularity(connectivities, labels, resolution, engine, xp),
         }
         log.info(
             "%s (%s, resolution %.3g): %d clusters, modularity %.4f, %.2f s",
