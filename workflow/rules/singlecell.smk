@@ -217,7 +217,7 @@ rule singlecell_cluster:
         benchmark_path("singlecell", "cluster")
     conda:
         conda_env("singlecell")
-    threads: 1
+    threads: 4  # sequential engine: Leiden's refinement in threads, Louvain beside it
     resources:
         gpu=gpus("singlecell"),
         mem_mb=mem_mb(4000),

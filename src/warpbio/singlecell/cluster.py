@@ -37,6 +37,7 @@ rounding in the sums, on CPU and GPU.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from contextlib import contextmanager
@@ -425,9 +426,10 @@ def choose_engine(
     return "sequential" if n_cells >= sequential_min_cells else "igraph"
 
 
-def _sequential_both(connectivities, settings: dict, seed: int) -> dict:
-    """Leiden and Louvain of the sequential engine, each in its own thread (Numba
-    releases the GIL); method -> (labels, seconds of its own run)."""
+def _sequential_both(connectivities, settings: dict, seed: int, threads: int) -> dict:
+    """Leiden and Louvain of the sequential engine; method -> (labels, seconds of its
+    own run). With two threads or more, Louvain runs in one thread beside Leiden (Numba
+    releases the GIL) and Leiden's refinement takes the others."""
     from concurrent.futures import ThreadPoolExecutor
 
     import scipy.sparse as sp
@@ -437,17 +439,21 @@ def _sequential_both(connectivities, settings: dict, seed: int) -> dict:
     matrix = sp.csr_matrix(connectivities)
     arrays = (matrix.indptr, matrix.indices, matrix.data)
 
-    def timed(function, *args):
+    def timed(function, *args, **kwargs):
         started = time.perf_counter()
-        labels = function(*arrays, *args)
+        labels = function(*arrays, *args, **kwargs)
         return labels, time.perf_counter() - started
 
-    iterations = int(settings["n_iterations"])
+    leiden_args = (float(settings["leiden_resolution"]), seed, int(settings["n_iterations"]))
+    louvain_args = (float(settings["louvain_resolution"]), seed)
+    if threads < 2:
+        return {
+            "leiden": timed(community.leiden, *leiden_args, threads=1),
+            "louvain": timed(community.louvain, *louvain_args),
+        }
     with ThreadPoolExecutor(max_workers=2) as pool:
-        leiden = pool.submit(
-            timed, community.leiden, float(settings["leiden_resolution"]), seed, iterations
-        )
-        louvain = pool.submit(timed, community.louvain, float(settings["louvain_resolution"]), seed)
+        leiden = pool.submit(timed, community.leiden, *leiden_args, threads=threads - 1)
+        louvain = pool.submit(timed, community.louvain, *louvain_args)
         return {"leiden": leiden.result(), "louvain": louvain.result()}
 
 
@@ -460,8 +466,11 @@ def _modularity(connectivities, labels, resolution: float, engine: str, xp: Modu
     return community.modularity(matrix.indptr, matrix.indices, matrix.data, labels, resolution)
 
 
-def cluster_graph(connectivities, settings: dict, seed: int, xp: ModuleType = np) -> dict:
-    """Leiden and Louvain labels (relabelled by size) plus timings and modularity."""
+def cluster_graph(
+    connectivities, settings: dict, seed: int, xp: ModuleType = np, threads: int | None = None
+) -> dict:
+    """Leiden and Louvain labels (relabelled by size) plus timings and modularity;
+    ``threads``: CPU threads for the sequential engine (None: every core)."""
     gpu = xp.__name__ != "numpy"
     n_cells = int(connectivities.shape[0])
     engine = choose_engine(
@@ -472,7 +481,9 @@ def cluster_graph(connectivities, settings: dict, seed: int, xp: ModuleType = np
         int(settings["sequential_min_cells"]),
     )
     graph = igraph_graph(connectivities) if engine == "igraph" else None
-    both = _sequential_both(connectivities, settings, seed) if engine == "sequential" else {}
+    both = {}
+    if engine == "sequential":
+        both = _sequential_both(connectivities, settings, seed, threads or os.cpu_count() or 1)
     results = {}
     for method in ("leiden", "louvain"):
         resolution = float(settings[f"{method}_resolution"])
@@ -527,7 +538,7 @@ def cluster_step(ctx) -> dict:
             "rerun singlecell_neighbors"
         )
     results = cluster_graph(
-        graph.obsp["connectivities"], dict(ctx.params.cluster), int(ctx.seed), ctx.xp
+        graph.obsp["connectivities"], dict(ctx.params.cluster), int(ctx.seed), ctx.xp, ctx.threads
     )
     clusters = pd.DataFrame(index=graph.obs_names)
     for column in ("sample", "true_cell_type"):

@@ -89,18 +89,27 @@ def _members_by_label(labels, k, order):
 
 
 @numba.njit(cache=True, nogil=True)
-def _aggregate(indptr, indices, weights, labels, k):
-    """CSR of the graph whose nodes are the labels (weights summed, self-loops kept)."""
-    n = labels.shape[0]
-    starts, members = _members_by_label(labels, k, np.arange(n, dtype=np.int32))
+def _aggregate_block(
+    indptr,
+    indices,
+    weights,
+    labels,
+    starts,
+    members,
+    lo,
+    hi,
+    out_indptr,
+    out_indices,
+    out_weights,
+    fill,
+):
+    """Rows ``lo:hi`` of the aggregated graph: with ``fill`` False their entry counts go
+    to ``out_indptr[c + 1]``; with ``fill`` True the entries are written from ``out_indptr[c]``."""
+    k = out_indptr.shape[0] - 1
     acc = np.zeros(k)
     seen = np.zeros(k, dtype=np.bool_)
     touched = np.empty(k, dtype=np.int32)
-    out_indptr = np.zeros(k + 1, dtype=np.int64)
-    out_indices = np.empty(indices.shape[0], dtype=np.int32)
-    out_weights = np.empty(indices.shape[0])
-    nnz = 0
-    for c in range(k):
+    for c in range(lo, hi):
         n_touched = 0
         for i in range(starts[c], starts[c + 1]):
             v = members[i]
@@ -111,15 +120,92 @@ def _aggregate(indptr, indices, weights, labels, k):
                     touched[n_touched] = d
                     n_touched += 1
                 acc[d] += weights[e]
+        if not fill:
+            out_indptr[c + 1] = n_touched
         for t in range(n_touched):
             d = touched[t]
-            out_indices[nnz] = d
-            out_weights[nnz] = acc[d]
-            nnz += 1
+            if fill:
+                out_indices[out_indptr[c] + t] = d
+                out_weights[out_indptr[c] + t] = acc[d]
             acc[d] = 0.0
             seen[d] = False
-        out_indptr[c + 1] = nnz
-    return out_indptr, out_indices[:nnz].copy(), out_weights[:nnz].copy()
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _aggregate_parallel(indptr, indices, weights, labels, k, n_blocks):
+    """CSR of the graph whose nodes are the labels (weights summed, self-loops kept);
+    ``n_blocks`` blocks of labels at once (one block: no threads)."""
+    n = labels.shape[0]
+    starts, members = _members_by_label(labels, k, np.arange(n, dtype=np.int32))
+    out_indptr = np.zeros(k + 1, dtype=np.int64)
+    none_i, none_w = np.empty(0, dtype=np.int32), np.empty(0)
+    for b in numba.prange(n_blocks):
+        lo, hi = b * k // n_blocks, (b + 1) * k // n_blocks
+        _aggregate_block(
+            indptr,
+            indices,
+            weights,
+            labels,
+            starts,
+            members,
+            lo,
+            hi,
+            out_indptr,
+            none_i,
+            none_w,
+            False,
+        )
+    out_indptr = np.cumsum(out_indptr)
+    out_indices = np.empty(out_indptr[k], dtype=np.int32)
+    out_weights = np.empty(out_indptr[k])
+    for b in numba.prange(n_blocks):
+        lo, hi = b * k // n_blocks, (b + 1) * k // n_blocks
+        _aggregate_block(
+            indptr,
+            indices,
+            weights,
+            labels,
+            starts,
+            members,
+            lo,
+            hi,
+            out_indptr,
+            out_indices,
+            out_weights,
+            True,
+        )
+    return out_indptr, out_indices, out_weights
+
+
+@numba.njit(cache=True, nogil=True)
+def _aggregate(indptr, indices, weights, labels, k):
+    """The same aggregation in this thread only (Louvain's, which runs beside Leiden's
+    threads: Numba's default thread pool takes parallel calls from one thread at a time)."""
+    n = labels.shape[0]
+    starts, members = _members_by_label(labels, k, np.arange(n, dtype=np.int32))
+    out_indptr = np.zeros(k + 1, dtype=np.int64)
+    none_i, none_w = np.empty(0, dtype=np.int32), np.empty(0)
+    _aggregate_block(
+        indptr, indices, weights, labels, starts, members, 0, k, out_indptr, none_i, none_w, False
+    )
+    out_indptr = np.cumsum(out_indptr)
+    out_indices = np.empty(out_indptr[k], dtype=np.int32)
+    out_weights = np.empty(out_indptr[k])
+    _aggregate_block(
+        indptr,
+        indices,
+        weights,
+        labels,
+        starts,
+        members,
+        0,
+        k,
+        out_indptr,
+        out_indices,
+        out_weights,
+        True,
+    )
+    return out_indptr, out_indices, out_weights
 
 
 @numba.njit(cache=True, nogil=True)
@@ -254,7 +340,7 @@ def _fast_move(indptr, indices, weights, degree, comm, order, scale):
         best = current
         best_gain = acc[current] - scale * k * total[current]
         spare = empty[n_empty - 1] if n_empty > 0 else -1
-        if spare >= 0 and spare != current and 0.0 > best_gain + _GAIN_EPS * k:
+        if spare >= 0 and spare != current and best_gain + _GAIN_EPS * k < 0.0:
             best, best_gain = spare, 0.0
         for t in range(n_touched):
             c = touched[t]
@@ -280,54 +366,80 @@ def _fast_move(indptr, indices, weights, degree, comm, order, scale):
 
 
 @numba.njit(cache=True, nogil=True)
-def _refine(indptr, indices, weights, degree, comm, k, order, draws, scale, beta):
-    """Leiden's refinement: labels (node ids) of the merged sub-communities."""
-    n = degree.shape[0]
-    refined = np.arange(n, dtype=np.int32)
-    total = degree.copy()  # weight of each refined community
-    merged = np.zeros(n, dtype=np.bool_)  # refined community that took a node
-    external = np.zeros(n)  # weight from a refined community to the rest of its community
-    for v in range(n):
+def _refine_community(
+    indptr,
+    indices,
+    weights,
+    degree,
+    comm,
+    refined,
+    local,
+    members,
+    lo,
+    hi,
+    draws,
+    scale,
+    beta,
+    total,
+    external,
+    merged,
+    acc,
+    seen,
+    touched,
+    gains,
+):
+    """Leiden's refinement of one community (its nodes ``members[lo:hi]``, in random
+    order). Refined communities are named by node ids; the scratch arrays are indexed
+    by ``local`` (a node's place in ``members[lo:hi]``)."""
+    c = comm[members[lo]]
+    whole = 0.0
+    for i in range(lo, hi):
+        v = members[i]
+        p = local[v]
+        whole += degree[v]
+        total[p] = degree[v]
+        merged[p] = False
+        external[p] = 0.0
         for e in range(indptr[v], indptr[v + 1]):
             u = indices[e]
-            if u != v and comm[u] == comm[v]:
-                external[v] += weights[e]
-    community_total = np.zeros(k)
-    for v in range(n):
-        community_total[comm[v]] += degree[v]
-    starts, members = _members_by_label(comm, k, order)
-    acc = np.zeros(n)
-    seen = np.zeros(n, dtype=np.bool_)
-    touched = np.empty(n, dtype=np.int32)
-    gains = np.empty(n)
-    for i in range(n):
+            if u != v and comm[u] == c:
+                external[p] += weights[e]
+    for i in range(lo, hi):
         v = members[i]
-        current = refined[v]
-        whole = community_total[comm[v]]
         kv = degree[v]
+        current = local[refined[v]]
         if merged[current] or external[current] < total[current] * (whole - total[current]) * scale:
             continue
         total[current] = 0.0
         external[current] = 0.0
-        n_touched = _gather(
-            indptr, indices, weights, v, refined, acc, seen, touched, comm, comm[v]
-        )
+        n_touched = 0
+        for e in range(indptr[v], indptr[v + 1]):
+            u = indices[e]
+            if u == v or comm[u] != c:
+                continue
+            r = local[refined[u]]
+            if not seen[r]:
+                seen[r] = True
+                touched[n_touched] = r
+                n_touched += 1
+            acc[r] += weights[e]
         best_gain = 0.0  # staying alone
         for t in range(n_touched):
-            c = touched[t]
+            r = touched[t]
             gains[t] = -1.0
-            if external[c] >= total[c] * (whole - total[c]) * scale:
-                gains[t] = acc[c] - scale * kv * total[c]
+            if external[r] >= total[r] * (whole - total[r]) * scale:
+                gains[t] = acc[r] - scale * kv * total[r]
                 best_gain = max(best_gain, gains[t])
         # draw among the non-negative moves (and staying) with weight exp(gain / beta),
         # gains doubled to igraph's units
-        cumulative = np.exp(-2.0 * best_gain / beta)
+        stay = np.exp(-2.0 * best_gain / beta)
+        cumulative = stay
         for t in range(n_touched):
             if gains[t] >= 0.0:
                 cumulative += np.exp(2.0 * (gains[t] - best_gain) / beta)
         target = draws[i] * cumulative
         chosen = current
-        running = np.exp(-2.0 * best_gain / beta)
+        running = stay
         if running < target:
             for t in range(n_touched):
                 if gains[t] >= 0.0:
@@ -337,17 +449,62 @@ def _refine(indptr, indices, weights, degree, comm, k, order, draws, scale, beta
                         break
         _clear(acc, seen, touched, n_touched)
         total[chosen] += kv
-        refined[v] = chosen
+        refined[v] = members[lo + chosen]
         if chosen != current:
             merged[chosen] = True
         for e in range(indptr[v], indptr[v + 1]):
             u = indices[e]
-            if u == v or comm[u] != comm[v]:
+            if u == v or comm[u] != c:
                 continue
-            if refined[u] == chosen:
+            if local[refined[u]] == chosen:
                 external[chosen] -= weights[e]
             else:
                 external[chosen] += weights[e]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _refine(indptr, indices, weights, degree, comm, k, order, draws, scale, beta, n_blocks):
+    """Leiden's refinement, communities independent of each other, ``n_blocks`` blocks
+    of them at once: labels (node ids) of the merged sub-communities. The same
+    labels for any number of blocks (each node's draw is fixed by its place)."""
+    n = degree.shape[0]
+    refined = np.arange(n, dtype=np.int32)
+    starts, members = _members_by_label(comm, k, order)
+    local = np.empty(n, dtype=np.int32)
+    for c in range(k):
+        for i in range(starts[c], starts[c + 1]):
+            local[members[i]] = i - starts[c]
+    for b in numba.prange(n_blocks):
+        lo, hi = b * k // n_blocks, (b + 1) * k // n_blocks
+        size = 1
+        for c in range(lo, hi):
+            size = max(size, starts[c + 1] - starts[c])
+        total, external, acc, gains = np.empty(size), np.empty(size), np.zeros(size), np.empty(size)
+        merged, seen = np.empty(size, dtype=np.bool_), np.zeros(size, dtype=np.bool_)
+        touched = np.empty(size, dtype=np.int32)
+        for c in range(lo, hi):
+            _refine_community(
+                indptr,
+                indices,
+                weights,
+                degree,
+                comm,
+                refined,
+                local,
+                members,
+                starts[c],
+                starts[c + 1],
+                draws,
+                scale,
+                beta,
+                total,
+                external,
+                merged,
+                acc,
+                seen,
+                touched,
+                gains,
+            )
     return refined
 
 
@@ -361,14 +518,25 @@ def _leiden_once(graph, membership, scale, beta, rng):
     while True:
         degree = _row_sums(indptr, weights)
         n_level = degree.shape[0]
-        changed |= _fast_move(indptr, indices, weights, degree, comm, _shuffled(rng, n_level), scale)
+        order = _shuffled(rng, n_level)
+        changed |= _fast_move(indptr, indices, weights, degree, comm, order, scale)
         comm, k = _renumber(comm)
         if k == n_level:
             return comm[node_of], changed
+        blocks = _blocks(k)
         refined = _refine(
-            indptr, indices, weights, degree, comm, k, _shuffled(rng, n_level),
-            rng.random(n_level), scale, beta,
-        )  # fmt: skip
+            indptr,
+            indices,
+            weights,
+            degree,
+            comm,
+            k,
+            _shuffled(rng, n_level),
+            rng.random(n_level),
+            scale,
+            beta,
+            blocks,
+        )
         refined, k_refined = _renumber(refined)
         if k_refined == n_level:  # nothing merged: aggregate the communities themselves
             refined, k_refined = comm, k
@@ -376,7 +544,9 @@ def _leiden_once(graph, membership, scale, beta, rng):
         next_comm[refined] = comm
         node_of = refined[node_of]
         comm = next_comm
-        indptr, indices, weights = _aggregate(indptr, indices, weights, refined, k_refined)
+        indptr, indices, weights = _aggregate_parallel(
+            indptr, indices, weights, refined, k_refined, _blocks(k_refined)
+        )
 
 
 def leiden(
@@ -387,9 +557,14 @@ def leiden(
     seed: int,
     n_iterations: int = 2,
     beta: float = LEIDEN_BETA,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Leiden labels of a symmetric CSR graph (igraph's ``community_leiden``,
-    modularity objective); ``n_iterations < 0``: iterate until nothing moves."""
+    modularity objective); ``n_iterations < 0``: iterate until nothing moves.
+    ``threads``: Numba threads of the refinement and aggregation in this thread
+    (None: as set); the labels do not depend on it."""
+    if threads is not None:
+        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
     rng = np.random.default_rng(seed)
     graph = _as_csr(indptr, indices, weights)
     n = graph[0].shape[0] - 1
@@ -416,6 +591,11 @@ def _as_csr(indptr, indices, weights):
         np.ascontiguousarray(indices, dtype=np.int32),
         weights,
     )
+
+
+def _blocks(k: int) -> int:
+    """Blocks of communities for the parallel kernels: four per thread, for balance."""
+    return max(1, min(k, 4 * numba.get_num_threads()))
 
 
 def _ids(n: int) -> np.ndarray:
