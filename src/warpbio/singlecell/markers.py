@@ -153,7 +153,7 @@ def group_stats(matrix: DeviceCsr, codes, n_groups: int, xp: ModuleType) -> Grou
 
 def welch_t_test(stats: GroupStats) -> tuple[np.ndarray, np.ndarray]:
     """Welch's t and two-sided p per group and gene (scipy's formulas, NaN -> 0 / 1)."""
-    from scipy import stats as distributions
+    from scipy import special
 
     n1 = stats.n_cells[:, None]
     n2 = stats.n_cells.sum() - n1
@@ -163,7 +163,8 @@ def welch_t_test(stats: GroupStats) -> tuple[np.ndarray, np.ndarray]:
         df = (vn1 + vn2) ** 2 / (vn1**2 / (n1 - 1) + vn2**2 / (n2 - 1))
         df = np.where(np.isnan(df), 1.0, df)
         t = (stats.mean - stats.mean_rest) / np.sqrt(vn1 + vn2)
-        p = 2.0 * distributions.t.sf(np.abs(t), df)
+        # stats.t.sf's own formula without its argument checks (a third of its time)
+        p = 2.0 * special.stdtr(df, -np.abs(t))
     return np.where(np.isnan(t), 0.0, t), np.where(np.isnan(p), 1.0, p)
 
 
