@@ -425,12 +425,17 @@ def umap_embedding(
     repulsion_strength: float = 1.0,
     init: str = "spectral",
 ) -> tuple[np.ndarray, dict]:
-    """2-D UMAP of a connectivities graph: float32 (n, 2) on the host, and params."""
+    """2-D UMAP of a connectivities graph: float32 (n, 2) on the host, and params
+    (with the seconds of the start and of the layout epochs)."""
+    import time
+
+    started = time.perf_counter()
     n = connectivities.shape[0]
     epochs = int(n_epochs) if n_epochs else default_epochs(n)
     a, b = find_ab_params(spread, min_dist)
     graph = layout_graph(connectivities, epochs)
-    start = initial_positions(graph, pca, seed, xp, init)
+    start = initial_positions(graph, pca, seed, xp, init)  # on the host: synchronised
+    laid_out = time.perf_counter()
     positions = optimize_layout(
         start,
         graph,
@@ -443,7 +448,12 @@ def umap_embedding(
         negative_sample_rate=negative_sample_rate,
     )
     embedding = np.asarray(_to_host(positions), dtype=np.float32)
-    return embedding, {"a": a, "b": b, "n_epochs": epochs, "min_dist": min_dist, "spread": spread}
+    seconds = {
+        "start_seconds": round(laid_out - started, 4),
+        "epochs_seconds": round(time.perf_counter() - laid_out, 4),
+    }
+    params = {"a": a, "b": b, "n_epochs": epochs, "min_dist": min_dist, "spread": spread}
+    return embedding, {**params, **seconds}
 
 
 # --------------------------------------------------------------------------
