@@ -82,6 +82,7 @@ def test_same_seed_same_layout_new_seed_new_layout(blob_graph):
     assert not np.array_equal(first, other)
     assert first.dtype == np.float32 and first.shape == (points.shape[0], 2)
     assert params["n_epochs"] == 60 and params["a"] > 0
+    assert params["start_seconds"] >= 0 and params["epochs_seconds"] > 0
 
 
 def test_layout_separates_the_blobs(blob_graph):
