@@ -126,7 +126,7 @@ def test_leiden_labels_do_not_depend_on_threads(brain_graph):
     np.testing.assert_array_equal(one, community.leiden(*arrays(brain_graph), 1.0, 4, threads=2))
     direct = community._refine  # the block count itself: 1 block vs one per community
     graph = arrays(brain_graph)
-    indptr, indices, weights = community._as_csr(*graph)
+    indptr, indices, weights = community.csr_arrays(*graph)
     degree = community._row_sums(indptr, weights)
     comm = community.louvain(*graph, 1.0, 0).astype(np.int32)
     k = int(comm.max()) + 1

@@ -426,18 +426,14 @@ def choose_engine(
     return "sequential" if n_cells >= sequential_min_cells else "igraph"
 
 
-def _sequential_both(connectivities, settings: dict, seed: int, threads: int) -> dict:
-    """Leiden and Louvain of the sequential engine; method -> (labels, seconds of its
-    own run). With two threads or more, Louvain runs in one thread beside Leiden (Numba
-    releases the GIL) and Leiden's refinement takes the others."""
+def _sequential_both(arrays, settings: dict, seed: int, threads: int) -> dict:
+    """Leiden and Louvain of the sequential engine on the graph's ``csr_arrays``;
+    method -> (labels, seconds of its own run). With two threads or more, Louvain runs
+    in one thread beside Leiden (Numba releases the GIL) and Leiden's refinement takes
+    the others."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import scipy.sparse as sp
-
     from warpbio.singlecell import community
-
-    matrix = sp.csr_matrix(connectivities)
-    arrays = (matrix.indptr, matrix.indices, matrix.data)
 
     def timed(function, *args, **kwargs):
         started = time.perf_counter()
@@ -457,15 +453,6 @@ def _sequential_both(connectivities, settings: dict, seed: int, threads: int) ->
         return {"leiden": leiden.result(), "louvain": louvain.result()}
 
 
-def _modularity(connectivities, labels, resolution: float, engine: str, xp: ModuleType) -> float:
-    if engine != "sequential":
-        return graph_modularity(connectivities, labels, resolution, xp)
-    from warpbio.singlecell import community  # labels on the host: one compiled pass
-
-    matrix = connectivities.tocsr()
-    return community.modularity(matrix.indptr, matrix.indices, matrix.data, labels, resolution)
-
-
 def cluster_graph(
     connectivities, settings: dict, seed: int, xp: ModuleType = np, threads: int | None = None
 ) -> dict:
@@ -481,9 +468,15 @@ def cluster_graph(
         int(settings["sequential_min_cells"]),
     )
     graph = igraph_graph(connectivities) if engine == "igraph" else None
-    both = {}
+    both, arrays = {}, None
     if engine == "sequential":
-        both = _sequential_both(connectivities, settings, seed, threads or os.cpu_count() or 1)
+        import scipy.sparse as sp
+
+        from warpbio.singlecell import community
+
+        matrix = sp.csr_matrix(connectivities)  # converted once for both methods and scores
+        arrays = community.csr_arrays(matrix.indptr, matrix.indices, matrix.data)
+        both = _sequential_both(arrays, settings, seed, threads or os.cpu_count() or 1)
     results = {}
     for method in ("leiden", "louvain"):
         resolution = float(settings[f"{method}_resolution"])
@@ -508,7 +501,10 @@ def cluster_graph(
             "engine": engine,
             "resolution": resolution,
             "seconds": seconds,
-            "modularity": _modularity(connectivities, labels, resolution, engine, xp),
+            # the sequential engine's labels are on the host: one compiled pass there
+            "modularity": community.modularity(*arrays, labels, resolution)
+            if arrays is not None
+            else graph_modularity(connectivities, labels, resolution, xp),
         }
         log.info(
             "%s (%s, resolution %.3g): %d clusters, modularity %.4f, %.2f s",

@@ -132,49 +132,35 @@ def _aggregate_block(
             seen[d] = False
 
 
+@numba.njit(cache=True, nogil=True)
+def _aggregate_start(labels, k):
+    """Members of each label and a zeroed ``indptr`` for the entry counts; empty
+    outputs for the counting pass."""
+    n = labels.shape[0]
+    starts, members = _members_by_label(labels, k, np.arange(n, dtype=np.int32))
+    return starts, members, np.zeros(k + 1, dtype=np.int64), np.empty(0, dtype=np.int32)
+
+
+@numba.njit(cache=True, nogil=True)
+def _aggregate_outputs(counts):
+    """``indptr`` from the counts, and the index and weight arrays it sizes."""
+    indptr = np.cumsum(counts)
+    return indptr, np.empty(indptr[-1], dtype=np.int32), np.empty(indptr[-1])
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _aggregate_parallel(indptr, indices, weights, labels, k, n_blocks):
     """CSR of the graph whose nodes are the labels (weights summed, self-loops kept);
     ``n_blocks`` blocks of labels at once (one block: no threads)."""
-    n = labels.shape[0]
-    starts, members = _members_by_label(labels, k, np.arange(n, dtype=np.int32))
-    out_indptr = np.zeros(k + 1, dtype=np.int64)
-    none_i, none_w = np.empty(0, dtype=np.int32), np.empty(0)
+    starts, members, counts, none = _aggregate_start(labels, k)
+    graph = (indptr, indices, weights, labels, starts, members)
     for b in numba.prange(n_blocks):
         lo, hi = b * k // n_blocks, (b + 1) * k // n_blocks
-        _aggregate_block(
-            indptr,
-            indices,
-            weights,
-            labels,
-            starts,
-            members,
-            lo,
-            hi,
-            out_indptr,
-            none_i,
-            none_w,
-            False,
-        )
-    out_indptr = np.cumsum(out_indptr)
-    out_indices = np.empty(out_indptr[k], dtype=np.int32)
-    out_weights = np.empty(out_indptr[k])
+        _aggregate_block(*graph, lo, hi, counts, none, none.astype(np.float64), False)
+    out_indptr, out_indices, out_weights = _aggregate_outputs(counts)
     for b in numba.prange(n_blocks):
         lo, hi = b * k // n_blocks, (b + 1) * k // n_blocks
-        _aggregate_block(
-            indptr,
-            indices,
-            weights,
-            labels,
-            starts,
-            members,
-            lo,
-            hi,
-            out_indptr,
-            out_indices,
-            out_weights,
-            True,
-        )
+        _aggregate_block(*graph, lo, hi, out_indptr, out_indices, out_weights, True)
     return out_indptr, out_indices, out_weights
 
 
@@ -182,41 +168,22 @@ def _aggregate_parallel(indptr, indices, weights, labels, k, n_blocks):
 def _aggregate(indptr, indices, weights, labels, k):
     """The same aggregation in this thread only (Louvain's, which runs beside Leiden's
     threads: Numba's default thread pool takes parallel calls from one thread at a time)."""
-    n = labels.shape[0]
-    starts, members = _members_by_label(labels, k, np.arange(n, dtype=np.int32))
-    out_indptr = np.zeros(k + 1, dtype=np.int64)
-    none_i, none_w = np.empty(0, dtype=np.int32), np.empty(0)
-    _aggregate_block(
-        indptr, indices, weights, labels, starts, members, 0, k, out_indptr, none_i, none_w, False
-    )
-    out_indptr = np.cumsum(out_indptr)
-    out_indices = np.empty(out_indptr[k], dtype=np.int32)
-    out_weights = np.empty(out_indptr[k])
-    _aggregate_block(
-        indptr,
-        indices,
-        weights,
-        labels,
-        starts,
-        members,
-        0,
-        k,
-        out_indptr,
-        out_indices,
-        out_weights,
-        True,
-    )
+    starts, members, counts, none = _aggregate_start(labels, k)
+    graph = (indptr, indices, weights, labels, starts, members)
+    _aggregate_block(*graph, 0, k, counts, none, none.astype(np.float64), False)
+    out_indptr, out_indices, out_weights = _aggregate_outputs(counts)
+    _aggregate_block(*graph, 0, k, out_indptr, out_indices, out_weights, True)
     return out_indptr, out_indices, out_weights
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather(indptr, indices, weights, v, labels, acc, seen, touched, subset, only):
-    """Weight from ``v`` to each label among its neighbours (self-loop skipped;
-    with ``only >= 0``, neighbours whose ``subset`` is ``only``); returns the count."""
+def _gather(indptr, indices, weights, v, labels, acc, seen, touched):
+    """Weight from ``v`` to each label among its neighbours (self-loop skipped);
+    returns the count of labels touched."""
     n_touched = 0
     for e in range(indptr[v], indptr[v + 1]):
         u = indices[e]
-        if u == v or (only >= 0 and subset[u] != only):
+        if u == v:
             continue
         c = labels[u]
         if not seen[c]:
@@ -258,7 +225,7 @@ def modularity(
     resolution: float = 1.0,
 ) -> float:
     """Newman modularity (with resolution) of ``labels`` on a symmetric CSR graph."""
-    indptr, indices, weights = _as_csr(indptr, indices, weights)
+    indptr, indices, weights = csr_arrays(indptr, indices, weights)
     labels, k = _renumber(np.ascontiguousarray(labels, dtype=np.int64))
     return float(_modularity(indptr, indices, weights, labels, k, float(resolution)))
 
@@ -279,7 +246,7 @@ def louvain(
     aggregation, until a level moves no node (igraph's ``community_multilevel``,
     with the queue-based local moving of Leiden in place of full sweeps)."""
     rng = np.random.default_rng(seed)
-    indptr, indices, weights = _as_csr(indptr, indices, weights)
+    indptr, indices, weights = csr_arrays(indptr, indices, weights)
     n = indptr.shape[0] - 1
     membership = _ids(n)
     scale = resolution / max(float(weights.sum()), np.finfo(float).tiny)
@@ -337,7 +304,7 @@ def _fast_move(indptr, indices, weights, degree, comm, order, scale):
         if size[current] == 0:
             empty[n_empty] = current
             n_empty += 1
-        n_touched = _gather(indptr, indices, weights, v, comm, acc, seen, touched, comm, -1)
+        n_touched = _gather(indptr, indices, weights, v, comm, acc, seen, touched)
         best = current
         best_gain = acc[current] - scale * k * total[current]
         spare = empty[n_empty - 1] if n_empty > 0 else -1
@@ -564,23 +531,31 @@ def leiden(
     modularity objective); ``n_iterations < 0``: iterate until nothing moves.
     ``threads``: Numba threads of the refinement and aggregation in this thread
     (None: as set); the labels do not depend on it."""
+    outside = numba.get_num_threads()
     if threads is not None:
         numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
-    rng = np.random.default_rng(seed)
-    graph = _as_csr(indptr, indices, weights)
-    n = graph[0].shape[0] - 1
-    scale = resolution / max(float(graph[2].sum()), np.finfo(float).tiny)
-    membership = _ids(n)
-    iteration = 0
-    while n_iterations < 0 or iteration < n_iterations:
-        membership, changed = _leiden_once(graph, membership, scale, beta, rng)
-        iteration += 1
-        if n_iterations < 0 and not changed:
-            break
-    return _renumber(membership)[0]
+    try:
+        rng = np.random.default_rng(seed)
+        graph = csr_arrays(indptr, indices, weights)
+        n = graph[0].shape[0] - 1
+        scale = resolution / max(float(graph[2].sum()), np.finfo(float).tiny)
+        membership = _ids(n)
+        iteration = 0
+        while n_iterations < 0 or iteration < n_iterations:
+            membership, changed = _leiden_once(graph, membership, scale, beta, rng)
+            iteration += 1
+            if n_iterations < 0 and not changed:
+                break
+        return _renumber(membership)[0]
+    finally:
+        numba.set_num_threads(outside)  # the setting is per thread: leave it as found
 
 
-def _as_csr(indptr, indices, weights):
+def csr_arrays(
+    indptr: np.ndarray, indices: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The arrays the kernels take (int64 offsets, int32 ids, float64 weights), checked;
+    arrays already in these types pass through without a copy."""
     weights = np.ascontiguousarray(weights, dtype=np.float64)
     if weights.size and weights.min() < 0:
         raise ValueError("community detection needs non-negative edge weights")

@@ -435,7 +435,7 @@ def umap_embedding(
     a, b = find_ab_params(spread, min_dist)
     graph = layout_graph(connectivities, epochs)
     start = initial_positions(graph, pca, seed, xp, init)  # on the host: synchronised
-    laid_out = time.perf_counter()
+    epochs_started = time.perf_counter()
     positions = optimize_layout(
         start,
         graph,
@@ -449,8 +449,8 @@ def umap_embedding(
     )
     embedding = np.asarray(_to_host(positions), dtype=np.float32)
     seconds = {
-        "start_seconds": round(laid_out - started, 4),
-        "epochs_seconds": round(time.perf_counter() - laid_out, 4),
+        "start_seconds": round(epochs_started - started, 4),
+        "epochs_seconds": round(time.perf_counter() - epochs_started, 4),
     }
     params = {"a": a, "b": b, "n_epochs": epochs, "min_dist": min_dist, "spread": spread}
     return embedding, {**params, **seconds}
