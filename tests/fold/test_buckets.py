@@ -66,6 +66,11 @@ def test_bucket_length():
     assert buckets.bucket_length(32, (32, 64)) == 32
     assert buckets.bucket_length(200, (32, 64)) == 200  # none large enough
     assert buckets.bucket_length(20, ()) == 20
+    # a multiple applies where no bucket holds the target; a bucket wins over it
+    assert buckets.bucket_length(93, (), 16) == 96
+    assert buckets.bucket_length(96, (), 16) == 96
+    assert buckets.bucket_length(200, (32, 64), 16) == 208
+    assert buckets.bucket_length(20, (24,), 16) == 24
 
 
 def test_pad_batch_masks_the_padding():

@@ -146,6 +146,7 @@ def test_fast_cpu_preset_is_float32_and_matches_reference(model, batch, referenc
     options = InferenceOptions.fast_cpu()
     assert options.precision == "float32" and options.attention == "sdpa"
     assert options.fused and options.inplace and not options.compile and options.chunk_size
+    assert options.length_multiple == 16 and options.retain_host_memory  # predict()'s part
     switches = {k: v for k, v in options.__dict__.items() if k != "num_recycle"}
     assert_float32_agrees(run(model, batch, **switches), reference, batch, "fast_cpu")
 
@@ -473,14 +474,17 @@ def test_inference_predict_records_recycles_and_chunk(model):
     assert result["recycles_run"] == 3
     assert 1 <= result["timings"]["auto_chunk_size"] < N_RES
     assert [f"recycle_{i}" in result["timings"] for i in range(4)] == [True] * 4
-    # padded to a length bucket: the outputs come back cropped and equal
-    bucketed = predict(model, features, replace(options, length_buckets=(N_RES + 8,)),
-                       torch.device("cpu"), free_bytes=5 * 2**20)  # fmt: skip
-    assert bucketed["atom_positions"].shape == result["atom_positions"].shape
+    # padded with masked residues: the outputs come back cropped and equal
     real = one["seq_mask"] > 0  # the batch's own masked residues are arbitrary in both
-    moved = bucketed["atom_positions"][real] - result["atom_positions"][real]
-    assert np.abs(moved).max() < 1e-3
-    assert np.abs(bucketed["plddt"][real] - result["plddt"][real]).max() < 1e-3
+    for padded_options in (  # to a bucket; to a multiple (the CPU preset's padding)
+        replace(options, length_buckets=(N_RES + 8,)),
+        replace(options, length_multiple=20, retain_host_memory=True),  # 24 -> 40
+    ):
+        padded = predict(model, features, padded_options, torch.device("cpu"), free_bytes=5 * 2**20)
+        assert padded["atom_positions"].shape == result["atom_positions"].shape
+        moved = padded["atom_positions"][real] - result["atom_positions"][real]
+        assert np.abs(moved).max() < 1e-3
+        assert np.abs(padded["plddt"][real] - result["plddt"][real]).max() < 1e-3
 
 
 @pytest.mark.gpu
@@ -531,5 +535,13 @@ def test_workflow_settings_build_the_options():
     assert inference_options(settings) == InferenceOptions.fast(
         num_recycle=2, chunk_size=64, early_stop_tolerance=0.5, offload=True
     )
+    # the README's CPU settings are the CPU preset
+    cpu = {"chunk_size": 16, "attention": "sdpa", "fused": True, "inplace": True}
+    cpu.update(length_multiple=16, retain_host_memory=True)
+    utils.validate(config := {"fold": {"inference": cpu}}, str(schema))
+    settings = {**config["fold"]["inference"], "num_recycle": 2}
+    assert inference_options(settings) == InferenceOptions.fast_cpu(num_recycle=2)
+    with pytest.raises(Exception, match="length_multiple"):
+        utils.validate({"fold": {"inference": {"length_multiple": 0}}}, str(schema))
     with pytest.raises(Exception, match="bfloat8"):
         utils.validate({"fold": {"inference": {"precision": "bfloat8"}}}, str(schema))

@@ -23,6 +23,7 @@ from warpbio.fold.model.buckets import bucket_length, compile_model, crop_output
 from warpbio.fold.model.plan import make_plan
 from warpbio.fold.outputs import Prediction
 from warpbio.fold.params import WeightsError, load_params, stacked_blocks
+from warpbio.hostmem import retain_freed_memory
 from warpbio.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,9 @@ def predict(
     available = int(features["msa_feat"].shape[0])
     # length buckets: padded, masked residues, so that one compiled graph serves many targets
     num_res = int(features["aatype"].shape[0])
-    length = bucket_length(num_res, options.length_buckets)
+    length = bucket_length(num_res, options.length_buckets, options.length_multiple)
+    if options.retain_host_memory and device.type == "cpu":
+        retain_freed_memory()
     # offload: the batches wait on the host (pinned on CUDA) until their recycle
     staging = torch.device("cpu") if options.offload else device
     batches = [

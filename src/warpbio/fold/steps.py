@@ -145,6 +145,8 @@ INFERENCE_SWITCHES = (
     "inplace",
     "early_stop_tolerance",
     "offload",
+    "length_multiple",
+    "retain_host_memory",
 )
 
 
@@ -165,6 +167,8 @@ def inference_options(settings: dict):
         offload=bool(settings.get("offload", False)),
         compile=bool(settings.get("compile", False)),
         length_buckets=tuple(sorted(int(n) for n in settings.get("length_buckets", ()))),
+        length_multiple=int(settings.get("length_multiple", 1)),
+        retain_host_memory=bool(settings.get("retain_host_memory", False)),
     )
 
 

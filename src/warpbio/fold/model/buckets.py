@@ -80,10 +80,13 @@ OUTPUT_RESIDUE_AXES: dict[str, tuple[int, ...]] = {
 }
 
 
-def bucket_length(num_res: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket >= ``num_res``; ``num_res`` itself when none is that large."""
+def bucket_length(num_res: int, buckets: Sequence[int], multiple: int = 1) -> int:
+    """The smallest bucket >= ``num_res``; when none is that large, ``num_res``
+    rounded up to a multiple of ``multiple``."""
     fitting = [b for b in buckets if b >= num_res]
-    return min(fitting) if fitting else num_res
+    if fitting:
+        return min(fitting)
+    return -(-num_res // multiple) * multiple
 
 
 def pad_batch(batch: Mapping[str, torch.Tensor], length: int) -> dict[str, torch.Tensor]:
